@@ -1,0 +1,3 @@
+"""Root conftest: our own tests drive real pytest sessions through ``pytester``."""
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,198 @@
+"""What every check kind shares: its declaration, its measurement, its context.
+
+A kind reads its parameters (validated, at collection time), computes a
+:class:`Measurement` from a :class:`CheckContext` (at run time), and never
+decides pass or fail itself: :mod:`distill_eval.checks.judge` applies the
+suite's bounds and gate to the measurement, the same way for every kind.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from distill_eval.errors import CheckError, DataError, ModelError
+
+if TYPE_CHECKING:
+    from distill_eval._tables import TableReader
+    from distill_eval.data import Dataset
+    from distill_eval.outputs import ModelOutputs
+    from distill_eval.suite import CheckSpec, SuiteSpec
+
+__all__ = ["CheckContext", "CheckKind", "Measurement", "Metric"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured value with its confidence interval.
+
+    ``value`` is None when the metric is undefined on this data; ``note`` then
+    says why (e.g. "the teacher makes no errors").
+    """
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+    note: str | None = None
+
+    @classmethod
+    def of(cls, value: float | None, ci: tuple[float, float] | None = None, *, undefined: str = "") -> Metric:
+        """A Metric from a float that may be NaN (undefined, with the reason ``undefined``)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return cls(None, None, undefined or "undefined on this data")
+        return cls(float(value), ci)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value, "ci": list(self.ci) if self.ci else None}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class SliceMeasurement:
+    """One slice's support and metrics (kind ``slices``)."""
+
+    name: str
+    support: int
+    metrics: dict[str, Metric]
+    under_supported: bool = False
+    where: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "support": self.support, "under_supported": self.under_supported}
+        if self.where is not None:
+            out["where"] = self.where
+        for key, metric in self.metrics.items():
+            out[key] = metric.to_json()
+        return out
+
+
+@dataclass
+class Measurement:
+    """Everything a check computed: metrics, optional slices, kind-specific extras."""
+
+    metrics: dict[str, Metric]
+    slices: list[SliceMeasurement] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class ParamReader(Protocol):
+    def __call__(self, reader: TableReader, suite_dir: Path) -> Mapping[str, Any]: ...
+
+
+def _no_models(params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    return ()
+
+
+@dataclass(frozen=True)
+class CheckKind:
+    """The declaration of a check kind.
+
+    Attributes
+    ----------
+    name : str
+        The ``kind`` users write.
+    metrics : tuple of str
+        Check-level metrics, in report order; all may be bounded.
+    read_params : callable
+        ``(reader, suite_dir) -> params``: reads and validates the kind's own keys.
+    compute : callable
+        ``(context, params) -> Measurement``.
+    slice_metrics : tuple of str
+        Per-slice metrics (kind ``slices``); a bound on one applies to every slice.
+    extra_models, extra_datasets : callable
+        ``params -> [(key, name)]``: further models/datasets the check reads,
+        validated against the project config at collection time.
+    """
+
+    name: str
+    metrics: tuple[str, ...]
+    read_params: ParamReader
+    compute: Callable[[CheckContext, Mapping[str, Any]], Measurement]
+    slice_metrics: tuple[str, ...] = ()
+    extra_models: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] = _no_models
+    extra_datasets: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] = _no_models
+
+    @property
+    def bound_metrics(self) -> tuple[str, ...]:
+        return self.metrics + self.slice_metrics
+
+
+class OutputSource(Protocol):
+    """Where a context gets data and outputs from (the plugin's session)."""
+
+    def dataset(self, name: str) -> Dataset: ...
+
+    def outputs(self, model: str, dataset: str) -> ModelOutputs: ...
+
+
+class CheckContext:
+    """What a check may read: its dataset, model outputs, settings and files.
+
+    Everything is loaded lazily through the session, so a check that only
+    needs the teacher never loads the student.
+    """
+
+    def __init__(self, suite: SuiteSpec, check: CheckSpec, source: OutputSource):
+        self.suite = suite
+        self.check = check
+        self._source = source
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._source.dataset(self.check.dataset)
+
+    def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
+        """A model's outputs, validated against the dataset's size and labels."""
+        dataset = dataset or self.check.dataset
+        out = self._source.outputs(model, dataset)
+        data = self._source.dataset(dataset)
+        if data.y is not None and data.y.size and data.y.max() >= out.n_classes:
+            raise DataError(
+                f"dataset '{dataset}' has label {int(data.y.max())}, but model '{model}' outputs only "
+                f"{out.n_classes} classes (logits of shape {out.logits.shape}); labels must be in "
+                f"[0, {out.n_classes})"
+            )
+        return out
+
+    def pair(self, other: str | None = None) -> tuple[ModelOutputs, ModelOutputs]:
+        """Teacher and student (or student and ``other``) outputs, with matching class counts."""
+        first = self.check.teacher if other is None else other
+        a, b = self.outputs(first), self.outputs(self.check.student)
+        if a.n_classes != b.n_classes:
+            raise ModelError(
+                f"models '{first}' and '{self.check.student}' disagree on the number of classes: "
+                f"'{first}' outputs shape {a.logits.shape}, '{self.check.student}' outputs shape "
+                f"{b.logits.shape} on dataset '{self.check.dataset}'"
+            )
+        return a, b
+
+    @property
+    def teacher(self) -> ModelOutputs:
+        return self.pair()[0]
+
+    @property
+    def student(self) -> ModelOutputs:
+        return self.pair()[1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The dataset's labels; a CheckError if it has none."""
+        y = self.dataset.y
+        if y is None:
+            raise CheckError(
+                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset "
+                f"'{self.check.dataset}' has none"
+            )
+        return y
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """A generator seeded by the suite seed and the check id, so results never depend on run order."""
+        return np.random.default_rng([self.suite.seed, zlib.crc32(self.check.id.encode())])

@@ -1,0 +1,184 @@
+"""Kind ``slices``: where, exactly, does the student lose against the teacher?
+
+Slices are declared with a ``where`` expression over per-example fields (see
+:mod:`distill_eval.expr`) or an ``ids`` file. Each slice reports its support,
+the student's and the teacher's score on it, the retention (student /
+teacher) and the gap (teacher − student).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill_eval import expr
+from distill_eval import metrics as M
+from distill_eval._tables import TableReader, describe
+from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric, SliceMeasurement
+from distill_eval.data import ids_file_mask
+from distill_eval.errors import CheckError, ExpressionError
+
+SLICE_METRICS = ("retention", "gap", "student_score")
+
+
+def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
+    raw = r.list_of("slices", [])
+    metric = r.string("metric", "accuracy", choices=("accuracy", "agreement"))
+    min_support = r.integer("min_support", 30, minimum=1)
+    discover = r.boolean("discover", False)
+    discover_top = r.integer("discover_top", 5, minimum=1)
+    if not raw and not discover:
+        raise r.error("'slices' must list at least one slice ({name = ..., where = ...}) unless discover = true")
+    if discover:
+        raise r.error("'discover = true' (slice discovery) is not available in this version of distill_eval")
+    slices = []
+    names: set[str] = set()
+    for i, table in enumerate(raw, start=1):
+        sr = TableReader(table, file=r.file, where=f"{r.where}, slice #{i}")
+        name = sr.string("name")
+        if name in names:
+            raise sr.error(f"duplicate slice name {name!r}")
+        names.add(name)
+        sr.where = f"{r.where}, slice '{name}'"
+        where, ids = sr.string("where", None), sr.string("ids", None)
+        sr.finish()
+        if (where is None) == (ids is None):
+            raise sr.error("give exactly one of 'where' (an expression) or 'ids' (a file of ids, one a line)")
+        if where is not None:
+            try:
+                parsed = expr.parse(where)
+            except ExpressionError as e:
+                raise sr.error(f"'where': {e.message}") from None
+            slices.append({"name": name, "where": parsed})
+        else:
+            slices.append({"name": name, "ids": (suite_dir / ids).resolve()})
+    if isinstance(r.table.get("slices"), list):
+        for item in r.table["slices"]:
+            if not isinstance(item, Mapping):
+                raise r.error(f"each entry of 'slices' must be a table, got {describe(item)}")
+    return {"slices": tuple(slices), "metric": metric, "min_support": min_support,
+            "discover": discover, "discover_top": discover_top}
+
+
+class _Fields(Mapping[str, np.ndarray]):
+    """The per-example fields a ``where`` expression may read, computed on first use."""
+
+    def __init__(self, ctx: CheckContext):
+        self._ctx = ctx
+        self._meta = ctx.dataset.meta
+
+    @cached_property
+    def _pair(self):
+        return self._ctx.pair()
+
+    def _compute(self, key: str) -> np.ndarray:
+        data = self._ctx.dataset
+        teacher, student = self._pair if key.startswith(("teacher", "student")) else (None, None)
+        if key == "label":
+            return self._ctx.labels
+        if key == "id":
+            return data.ids
+        if key == "teacher_pred":
+            return teacher.preds
+        if key == "student_pred":
+            return student.preds
+        if key == "teacher_conf":
+            return teacher.confidence
+        if key == "student_conf":
+            return student.confidence
+        if key == "teacher_margin":
+            return M.top2_margin(teacher.probs)
+        if key == "teacher_entropy":
+            return M.entropy(teacher.probs)
+        if key == "teacher_correct":
+            return teacher.preds == self._ctx.labels
+        if key == "student_correct":
+            return student.preds == self._ctx.labels
+        if key.startswith("meta.") and key[5:] in self._meta:
+            return self._meta[key[5:]]
+        raise KeyError(key)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = self._compute(key)
+        return cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from sorted(expr.FIELDS)
+        yield from (f"meta.{k}" for k in self._meta)
+
+    def __len__(self) -> int:
+        return len(expr.FIELDS) + len(self._meta)
+
+    def __contains__(self, key: object) -> bool:
+        return key in expr.FIELDS or (isinstance(key, str) and key.startswith("meta.") and key[5:] in self._meta)
+
+
+def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    teacher, student = ctx.pair()
+    data = ctx.dataset
+    if params["metric"] == "accuracy":
+        y = ctx.labels
+        teacher_hit = teacher.preds == y
+        student_hit = student.preds == y
+    else:
+        teacher_hit = np.ones(data.n, dtype=bool)
+        student_hit = student.preds == teacher.preds
+    fields = _Fields(ctx)
+    measured: list[SliceMeasurement] = []
+    for sl in params["slices"]:
+        if "where" in sl:
+            try:
+                mask = sl["where"].evaluate(fields)
+            except ExpressionError as e:
+                raise CheckError(f"slice '{sl['name']}': {e}") from None
+        else:
+            mask = ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'")
+        measured.append(_measure(sl, mask, teacher_hit, student_hit, params["min_support"]))
+    supported = [m for m in measured if not m.under_supported]
+    worst_retention = _worst(supported, "retention", min)
+    worst_gap = _worst(supported, "gap", max)
+    return Measurement(
+        {"worst_retention": worst_retention, "worst_gap": worst_gap},
+        slices=measured,
+        extras={"metric": params["metric"], "min_support": params["min_support"]},
+    )
+
+
+def _measure(sl: Mapping[str, Any], mask: np.ndarray, teacher_hit, student_hit, min_support: int) -> SliceMeasurement:
+    support = int(mask.sum())
+    if support == 0:
+        empty = Metric(None, None, "the slice is empty")
+        values = dict.fromkeys(("student_score", "teacher_score", "retention", "gap"), empty)
+    else:
+        s = float(student_hit[mask].mean())
+        t = float(teacher_hit[mask].mean())
+        values = {
+            "student_score": Metric.of(s),
+            "teacher_score": Metric.of(t),
+            "retention": Metric.of(s / t) if t > 0 else Metric(None, None, "the teacher scores 0 on this slice"),
+            "gap": Metric.of(t - s),
+        }
+    where = sl["where"].source if "where" in sl else None
+    return SliceMeasurement(sl["name"], support, values, under_supported=support < min_support, where=where)
+
+
+def _worst(slices: list[SliceMeasurement], key: str, pick) -> Metric:
+    values = [sl.metrics[key].value for sl in slices if sl.metrics[key].value is not None]
+    if not values:
+        return Metric(None, None, "no slice has enough support")
+    return Metric.of(pick(values))
+
+
+KIND = CheckKind(
+    name="slices",
+    metrics=("worst_retention", "worst_gap"),
+    slice_metrics=SLICE_METRICS,
+    read_params=read_params,
+    compute=compute,
+)

@@ -1,0 +1,90 @@
+"""Suite files as pytest collectors: one :class:`CheckItem` per ``[[check]]``.
+
+Node ids are ``<file>::<suite name>::<check id>``. Computing a check happens in
+the item's *setup*, so a check that cannot be computed is reported by pytest
+as an **error**; judging its bounds happens in the *call*, so a broken bound
+is a **failure**.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distill_eval.config import ProjectConfig
+from distill_eval.errors import DistillError, DistillWarning
+from distill_eval.results import CheckResult
+from distill_eval.session import DistillSession
+from distill_eval.suite import CheckSpec, SuiteSpec, load_suite
+
+SESSION_KEY = pytest.StashKey[DistillSession]()
+PROJECT_KEY = pytest.StashKey[ProjectConfig]()
+
+
+class CheckFailed(Exception):
+    """A check broke at least one bound; the message says which, by how much, under which gate."""
+
+
+class SuiteFile(pytest.File):
+    """A ``.toml`` suite file."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        try:
+            spec = load_suite(self.path, self.config.stash[PROJECT_KEY])
+        except DistillError as e:
+            raise self.CollectError(str(e)) from None
+        yield Suite.from_parent(self, name=spec.name, spec=spec)
+
+
+class Suite(pytest.Collector):
+    """The ``[suite]`` of a file; its children are the checks."""
+
+    def __init__(self, *, spec: SuiteSpec, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for check in self.spec.checks:
+            yield CheckItem.from_parent(self, name=check.id, suite=self.spec, check=check)
+
+
+class CheckItem(pytest.Item):
+    """One check of a suite."""
+
+    def __init__(self, *, suite: SuiteSpec, check: CheckSpec, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.check = check
+        self.result: CheckResult | None = None
+        # `-k calibration` selects every calibration check, whatever its id
+        self.extra_keyword_matches.add(check.kind)
+
+    def setup(self) -> None:
+        session = self.config.stash[SESSION_KEY]
+        try:
+            self.result = session.run_check(self.suite, self.check)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                session.results.append(session.error_result(self.suite, self.check, e))
+            raise
+        session.results.append(self.result)
+
+    def runtest(self) -> None:
+        assert self.result is not None
+        if self.result.outcome == "failed":
+            raise CheckFailed(self.result.message)
+        if self.result.outcome == "warned":
+            warnings.warn(DistillWarning(f"{self.check.id}: {self.result.message}"), stacklevel=1)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, CheckFailed):
+            return f"{self.check.kind} check '{self.check.id}' of suite '{self.suite.name}' failed: {excinfo.value}"
+        if isinstance(excinfo.value, DistillError):
+            return f"{self.check.kind} check '{self.check.id}' could not be computed: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.suite.name}::{self.check.id} ({self.check.kind})"

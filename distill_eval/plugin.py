@@ -1,0 +1,180 @@
+"""The pytest plugin: options, configuration, collection and the end of the run.
+
+Only hooks live here. State lives in one :class:`~distill_eval.session.DistillSession`
+per run, stored in ``config.stash``; suite files become items in
+:mod:`distill_eval.collect`; reports are rendered by :mod:`distill_eval.report`.
+Without ``--distill`` none of these hooks changes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distill_eval import hookspec
+from distill_eval.collect import PROJECT_KEY, SESSION_KEY, CheckItem, SuiteFile
+from distill_eval.config import load_project_config
+from distill_eval.errors import DistillError
+from distill_eval.session import DistillSession
+from distill_eval.suite import GATES
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("distill", "distill_eval: gate a distilled student against its teacher")
+    group.addoption("--distill", action="store_true", default=False,
+                    help="collect and run the distill_eval suites (default: off; the plugin then changes nothing)")
+    group.addoption("--distill-model", action="append", default=[], metavar="NAME=PATH",
+                    help="load model NAME from PATH instead of the configured one; repeatable (default: none)")
+    group.addoption("--distill-student", metavar="PATH", default=None,
+                    help="shorthand for --distill-model student=PATH (default: none)")
+    group.addoption("--distill-teacher", metavar="PATH", default=None,
+                    help="shorthand for --distill-model teacher=PATH (default: none)")
+    group.addoption("--distill-dataset", action="append", default=[], metavar="NAME=PATH",
+                    help="load dataset NAME from PATH (or a built-in sklearn:NAME); repeatable (default: none)")
+    group.addoption("--distill-reports", metavar="DIR", default=None,
+                    help="write results.json, report.html and summary.md to DIR (default: the configured "
+                    "'reports', else ./reports)")
+    group.addoption("--distill-gate", metavar="MODE", default=None, choices=GATES,
+                    help="override every suite's gate mode: estimate, strict or lenient (default: each suite's own)")
+    group.addoption("--distill-device", metavar="DEV", default=None,
+                    help="run models on DEV: cpu, cuda, cuda:N or auto (default: the configured 'device', else auto)")
+    group.addoption("--distill-no-cache", action="store_true", default=False,
+                    help="recompute every model output instead of reading the cache (default: use the cache)")
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise pytest.UsageError(f"{option} expects NAME=PATH, got {value!r}")
+        if name in out:
+            raise pytest.UsageError(f"{option} gives model or dataset {name!r} twice")
+        out[name] = path
+    return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("distill"):
+        return
+    models = _pairs(config.getoption("distill_model"), "--distill-model")
+    for role in ("student", "teacher"):
+        path = config.getoption(f"distill_{role}")
+        if path is not None:
+            if role in models:
+                raise pytest.UsageError(f"--distill-{role} and --distill-model {role}=... both set model '{role}'")
+            models[role] = path
+    device = config.getoption("distill_device")
+    if device is not None and device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+        raise pytest.UsageError(f"--distill-device must be cpu, cuda, cuda:N, mps or auto, got {device!r}")
+    try:
+        project = load_project_config(config.rootpath).with_overrides(
+            models=models,
+            datasets=_pairs(config.getoption("distill_dataset"), "--distill-dataset"),
+            reports=config.getoption("distill_reports"),
+            device=device,
+            base=config.invocation_params.dir,
+        )
+    except DistillError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[PROJECT_KEY] = project
+    verbose = config.get_verbosity() >= 0
+
+    def log(message: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if not verbose or reporter is None:
+            return
+        if capture is None:
+            reporter.write_line(f"distill_eval: {message}")
+            return
+        # Work happens inside a test's setup, where output is captured; progress must reach the terminal.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"distill_eval: {message}")
+
+    config.stash[SESSION_KEY] = DistillSession(
+        project,
+        use_cache=not config.getoption("distill_no_cache"),
+        gate=config.getoption("distill_gate"),
+        load_model_hook=lambda name, spec: config.hook.pytest_distill_load_model(name=name, spec=spec, config=config),
+        load_dataset_hook=lambda name, spec: config.hook.pytest_distill_load_dataset(
+            name=name, spec=spec, config=config
+        ),
+        log=log,
+    )
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # `pytest --distill` with no paths runs the suites, not the ini `testpaths`.
+        if not project.suites.is_dir():
+            raise pytest.UsageError(
+                f"the suites folder {project.suites} does not exist; create it with a suite file, or set "
+                "'suites' in [tool.distill_eval] of pyproject.toml"
+            )
+        config.args[:] = [str(project.suites)]
+
+
+def _is_suite(config: pytest.Config, path: Path) -> bool:
+    project = config.stash[PROJECT_KEY]
+    if path.is_relative_to(project.suites):
+        return True
+    # a .toml named explicitly on the command line is a suite wherever it lives
+    explicit = {Path(config.invocation_params.dir, a.split("::")[0]).resolve() for a in config.args}
+    return path.resolve() in explicit
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    config = parent.config
+    if file_path.suffix != ".toml" or PROJECT_KEY not in config.stash or not _is_suite(config, file_path):
+        return None
+    return SuiteFile.from_parent(parent, path=file_path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if isinstance(item, CheckItem) and call.excinfo is not None and isinstance(call.excinfo.value, DistillError):
+        # A user's mistake or unusable data reads as a sentence, not a traceback.
+        report.longrepr = item.repr_failure(call.excinfo)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if SESSION_KEY not in config.stash or hasattr(config, "workerinput"):
+        return
+    state = config.stash[SESSION_KEY]
+    if not state.results:
+        return
+    from distill_eval.report import write_reports
+
+    state.written = write_reports(state, command=["pytest", *config.invocation_params.args])
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(state.written["summary.md"].read_text() + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if SESSION_KEY not in config.stash:
+        return
+    state = config.stash[SESSION_KEY]
+    written = state.written
+    if not written:
+        return
+    from distill_eval.results import verdict
+
+    folder = next(iter(written.values())).parent
+    try:
+        folder = folder.relative_to(config.invocation_params.dir)
+    except ValueError:
+        pass
+    terminalreporter.write_sep("-", "distill_eval")
+    terminalreporter.write_line(
+        f"verdict: {verdict(state.results)}; reports written to {folder}/ ({', '.join(written)})"
+    )

@@ -1,0 +1,122 @@
+"""Check results and ``results.json`` (SPEC section 6, schema 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill_eval._io import atomic_write
+from distill_eval.checks.base import Metric, SliceMeasurement
+from distill_eval.checks.judge import BoundResult
+
+__all__ = ["SCHEMA", "CheckResult", "build_results", "verdict", "write_json"]
+
+SCHEMA = 1
+OUTCOMES = ("passed", "failed", "warned", "error")
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: what was measured, which bounds held, and why."""
+
+    suite: str
+    file: str
+    gate: str
+    id: str
+    kind: str
+    outcome: str
+    message: str = ""
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    bounds: list[BoundResult] = field(default_factory=list)
+    slices: list[SliceMeasurement] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    dataset: str = ""
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "message": self.message,
+            "dataset": self.dataset,
+            "models": self.models,
+            "metrics": {name: m.to_json() for name, m in self.metrics.items()},
+            "bounds": [b.to_json() for b in self.bounds],
+            "duration_s": round(self.duration_s, 4),
+        }
+        if self.slices is not None:
+            out["slices"] = [s.to_json() for s in self.slices]
+        out.update(self.extras)
+        return out
+
+
+def verdict(results: Iterable[CheckResult]) -> str:
+    """``"error"`` if any check errored, else ``"failed"`` if any failed, else ``"passed"``."""
+    outcomes = {r.outcome for r in results}
+    if "error" in outcomes:
+        return "error"
+    if "failed" in outcomes:
+        return "failed"
+    return "passed"
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts that explain a run's numbers."""
+    import numpy
+    import torch
+
+    from distill_eval import __version__
+
+    return {
+        "distill_eval": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "numpy": numpy.__version__,
+    }
+
+
+def build_results(
+    results: Iterable[CheckResult],
+    *,
+    models: Mapping[str, Mapping[str, Any]],
+    datasets: Mapping[str, Mapping[str, Any]],
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """The results.json document: every suite with its checks, in run order."""
+    results = list(results)
+    suites: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        suite = suites.setdefault((r.file, r.suite), {"name": r.suite, "file": r.file, "gate": r.gate, "checks": []})
+        suite["checks"].append(r.to_json())
+    counts = {o: sum(r.outcome == o for r in results) for o in OUTCOMES}
+    return {
+        "schema": SCHEMA,
+        "verdict": verdict(results),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": counts,
+        "command": command,
+        "models": dict(models),
+        "datasets": dict(datasets),
+        "environment": environment(),
+        "suites": list(suites.values()),
+    }
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write JSON atomically (a reader never sees half a file); NaN is refused, never written."""
+    atomic_write(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())

@@ -1,0 +1,254 @@
+"""One evaluation session: lazily loaded datasets, models and outputs, and results.
+
+The pytest plugin creates one :class:`DistillSession` per run (stored in
+``config.stash``); every check item asks it for what it needs. A model is
+loaded only when an output it produces is not in the cache, and each
+(model, dataset) pair is computed at most once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distill_eval._hashing import sha256_file, sha256_json
+from distill_eval.checks import KINDS, CheckContext
+from distill_eval.checks.judge import judge
+from distill_eval.config import ProjectConfig
+from distill_eval.data import Dataset, load_dataset
+from distill_eval.errors import ConfigError, DataError, DistillError, ModelError
+from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
+from distill_eval.outputs import ModelOutputs, OutputCache, compute_logits
+from distill_eval.results import CheckResult
+from distill_eval.suite import CheckSpec, SuiteSpec
+
+__all__ = ["DistillSession"]
+
+Loader = Callable[[str, Any], Any]
+
+
+class DistillSession:
+    """State shared by every check of one run.
+
+    Parameters
+    ----------
+    project : ProjectConfig
+        The project configuration, with command-line overrides applied.
+    use_cache : bool
+        Read and write the on-disk output cache.
+    gate : str, optional
+        Overrides every suite's gate mode.
+    load_model_hook, load_dataset_hook : callable, optional
+        ``(name, spec) -> object or None``: custom loaders (the plugin passes
+        its ``pytest_distill_load_*`` hooks); None falls back to the built-ins.
+    log : callable, optional
+        Receives one-line progress messages.
+    """
+
+    def __init__(
+        self,
+        project: ProjectConfig,
+        *,
+        use_cache: bool = True,
+        gate: str | None = None,
+        load_model_hook: Loader | None = None,
+        load_dataset_hook: Loader | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.project = project
+        self.gate = gate
+        self.cache = OutputCache(project.cache_dir, enabled=use_cache)
+        self._load_model_hook = load_model_hook
+        self._load_dataset_hook = load_dataset_hook
+        self._log = log or (lambda message: None)
+        self._device: str | None = None
+        self._datasets: dict[str, Dataset] = {}
+        self._models: dict[str, Model] = {}
+        self._fingerprints: dict[str, str | None] = {}
+        self._outputs: dict[tuple[str, str], ModelOutputs] = {}
+        self._cached_facts: dict[str, dict[str, Any]] = {}  # params/format of models served from cache
+        self.results: list[CheckResult] = []
+        self.warnings: list[str] = []
+        self.written: dict[str, Path] = {}  # report files of the last write_reports, by name
+
+    # -- loading -------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = resolve_device(self.project.device)
+        return self._device
+
+    def dataset(self, name: str) -> Dataset:
+        """The dataset ``name``, loaded on first use."""
+        if name not in self._datasets:
+            spec = self.project.datasets.get(name)
+            if spec is None:
+                raise ConfigError(f"dataset {name!r} is not defined in [tool.distill_eval.datasets]")
+            data = self._load_dataset_hook(name, spec) if self._load_dataset_hook else None
+            if data is None:
+                data = load_dataset(spec)
+            elif not isinstance(data, Dataset):
+                raise DataError(
+                    f"pytest_distill_load_dataset returned {type(data).__name__} for dataset '{name}'; "
+                    "expected a distill_eval.Dataset"
+                )
+            self._datasets[name] = data
+        return self._datasets[name]
+
+    def model(self, name: str) -> Model:
+        """The model ``name``, loaded on first use."""
+        if name not in self._models:
+            spec = self.project.models.get(name)
+            if spec is None:
+                raise ConfigError(f"model {name!r} is not defined in [tool.distill_eval.models]")
+            start = time.perf_counter()
+            obj = self._load_model_hook(name, spec) if self._load_model_hook else None
+            if obj is not None:
+                model = wrap_model(name, obj, device=self.device, format="hook")
+            else:
+                model = load_model(spec, device=self.device)
+            self._models[name] = model
+            self._log(f"loaded model '{name}' ({model.format}, {spec.describe()}) in {time.perf_counter() - start:.2f} s")
+        return self._models[name]
+
+    def fingerprint(self, name: str) -> str | None:
+        """What identifies model ``name``'s outputs: its files, or its parameters once loaded."""
+        if name not in self._fingerprints:
+            spec = self.project.models[name]
+            fp = model_fingerprint(spec)
+            if fp is None:
+                fp = parameter_fingerprint(self.model(name))
+            self._fingerprints[name] = fp
+        return self._fingerprints[name]
+
+    def outputs(self, model: str, dataset: str) -> ModelOutputs:
+        """Model ``model``'s outputs on ``dataset``: from memory, the disk cache, or computed."""
+        key = (model, dataset)
+        if key in self._outputs:
+            return self._outputs[key]
+        if model not in self.project.models:
+            raise ConfigError(f"model {model!r} is not defined in [tool.distill_eval.models]")
+        data = self.dataset(dataset)
+        fp = self.fingerprint(model)
+        cache_key = None
+        if fp is not None:
+            import torch
+
+            cache_key = sha256_json(
+                {
+                    "model": fp,
+                    "dataset": data.sha256,
+                    "n": data.n,
+                    "device": self.device.split(":")[0],
+                    "batch_size": self.project.batch_size,
+                    "torch": torch.__version__,
+                }
+            )
+        logits, info, warning = self.cache.load(cache_key) if cache_key else (None, {}, None)
+        if warning:
+            self.warnings.append(warning)
+            self._log(warning)
+        if logits is not None and logits.shape[0] != data.n:
+            logits = None
+        if logits is not None:
+            self._log(f"{model} on {dataset}: {data.n} examples from cache")
+            self._cached_facts.setdefault(model, {k: info.get(k) for k in ("params", "format")})
+            out = ModelOutputs(model, dataset, logits, cached=True)
+        else:
+            loaded = self.model(model)
+            start = time.perf_counter()
+            logits = compute_logits(
+                loaded.predict_logits, data.x, batch_size=self.project.batch_size, model=model, dataset=dataset
+            )
+            elapsed = time.perf_counter() - start
+            self._log(f"{model} on {dataset}: {data.n} examples in {elapsed:.2f} s ({loaded.device})")
+            if cache_key:
+                facts = {"params": loaded.params, "format": loaded.format}
+                self.cache.store(cache_key, logits, {"model": model, "dataset": dataset, "fingerprint": fp,
+                                                     "dataset_sha256": data.sha256, **facts})
+            out = ModelOutputs(model, dataset, logits, cached=False)
+        self._outputs[key] = out
+        return out
+
+    # -- checks --------------------------------------------------------------
+
+    def run_check(self, suite: SuiteSpec, check: CheckSpec) -> CheckResult:
+        """Compute and judge one check. DistillErrors propagate; the caller records them."""
+        kind = KINDS[check.kind]
+        gate = self.gate or suite.gate
+        start = time.perf_counter()
+        measurement = kind.compute(CheckContext(suite, check, self), check.params)
+        bounds = judge(
+            measurement,
+            check.bounds,
+            gate=gate,
+            slice_metrics=kind.slice_metrics,
+            min_support=check.params.get("min_support"),
+        )
+        broken = [b for b in bounds if not b.ok]
+        if not broken:
+            outcome, message = "passed", ""
+        else:
+            outcome = "warned" if check.severity == "warn" else "failed"
+            message = "; ".join(b.describe() for b in broken)
+        return CheckResult(
+            suite=suite.name,
+            file=str(suite.file),
+            gate=gate,
+            id=check.id,
+            kind=check.kind,
+            outcome=outcome,
+            message=message,
+            metrics=measurement.metrics,
+            bounds=bounds,
+            slices=measurement.slices,
+            extras=measurement.extras,
+            models=self._models_of(check),
+            dataset=check.dataset,
+            duration_s=time.perf_counter() - start,
+        )
+
+    def error_result(self, suite: SuiteSpec, check: CheckSpec, error: BaseException) -> CheckResult:
+        """A result for a check that could not be computed."""
+        message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
+        return CheckResult(suite=suite.name, file=str(suite.file), gate=self.gate or suite.gate, id=check.id,
+                           kind=check.kind, outcome="error", message=message, models=self._models_of(check),
+                           dataset=check.dataset)
+
+    def _models_of(self, check: CheckSpec) -> dict[str, str]:
+        roles = {"teacher": check.teacher, "student": check.student}
+        roles.update(dict(KINDS[check.kind].extra_models(check.params)))
+        return roles
+
+    # -- provenance ----------------------------------------------------------
+
+    def model_provenance(self) -> dict[str, dict[str, Any]]:
+        """What results.json says about every model this session touched."""
+        out: dict[str, dict[str, Any]] = {}
+        names = {m for m, _ in self._outputs} | set(self._models)
+        for name in sorted(names):
+            spec = self.project.models[name]
+            info: dict[str, Any] = {"path": str(spec.path) if spec.path else None, "factory": spec.factory,
+                                    "weights": str(spec.weights) if spec.weights else None}
+            files = [p for p in (spec.path, spec.weights) if p is not None]
+            if files:
+                info["sha256"] = sha256_file(files[-1])
+                info["bytes"] = sum(os.path.getsize(p) for p in files)
+            else:
+                info["sha256"] = None
+            model = self._models.get(name)
+            facts = {"params": model.params, "format": model.format} if model else self._cached_facts.get(name, {})
+            info["params"] = facts.get("params")
+            info["format"] = facts.get("format")
+            info["loaded"] = model is not None
+            info["fingerprint"] = self._fingerprints.get(name)
+            out[name] = info
+        return out
+
+    def dataset_provenance(self) -> dict[str, dict[str, Any]]:
+        return {name: data.describe() for name, data in sorted(self._datasets.items())}
+
