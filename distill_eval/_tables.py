@@ -118,22 +118,24 @@ class TableReader:
         minimum: float | None = None,
         maximum: float | None = None,
         exclusive_minimum: bool = False,
+        exclusive_maximum: bool = False,
     ) -> Any:
         def ok(v: Any) -> bool:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 return False
             if minimum is not None and (v <= minimum if exclusive_minimum else v < minimum):
                 return False
-            return maximum is None or v <= maximum
+            return maximum is None or (v < maximum if exclusive_maximum else v <= maximum)
 
         expected = "a number"
         if minimum is not None and maximum is not None:
             lo = "(" if exclusive_minimum else "["
-            expected += f" in {lo}{minimum}, {maximum}]"
+            hi = ")" if exclusive_maximum else "]"
+            expected += f" in {lo}{minimum:g}, {maximum:g}{hi}"
         elif minimum is not None:
-            expected += f" {'>' if exclusive_minimum else '>='} {minimum}"
+            expected += f" {'>' if exclusive_minimum else '>='} {minimum:g}"
         elif maximum is not None:
-            expected += f" <= {maximum}"
+            expected += f" {'<' if exclusive_maximum else '<='} {maximum:g}"
         value = self._typed(key, default, ok, expected)
         return float(value) if isinstance(value, int) and key in self.table else value
 

@@ -31,10 +31,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Re-render report.html (and optionally summary.md) from a stored results.json.",
     )
     report.add_argument("results", type=Path, metavar="RESULTS.json", help="a results.json written by pytest --distill")
-    report.add_argument("-o", "--output", type=Path, default=None,
-                        help="where to write the HTML (default: report.html next to RESULTS.json)")
-    report.add_argument("--summary", type=Path, default=None, metavar="PATH",
-                        help="also write the Markdown summary to PATH (default: not written)")
+    report.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the HTML (default: report.html next to RESULTS.json)",
+    )
+    report.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the Markdown summary to PATH (default: not written)",
+    )
     return parser
 
 

@@ -7,11 +7,12 @@ check that silently does nothing.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from distill_eval._suggest import did_you_mean, one_of
 from distill_eval._tables import TableReader
@@ -142,8 +143,12 @@ def load_project_config(rootdir: Path, pyproject: Path | None = None) -> Project
     rootdir = Path(rootdir)
     pyproject = pyproject or rootdir / "pyproject.toml"
     if not pyproject.is_file():
-        return ProjectConfig(rootdir=rootdir, suites=rootdir / "suites", reports=rootdir / "reports",
-                             cache_dir=rootdir / ".distill_cache")
+        return ProjectConfig(
+            rootdir=rootdir,
+            suites=rootdir / "suites",
+            reports=rootdir / "reports",
+            cache_dir=rootdir / ".distill_cache",
+        )
     doc = read_toml(pyproject)
     table = doc.get("tool", {}).get("distill_eval", {})
     file = str(pyproject)

@@ -80,9 +80,7 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     suffix = path.suffix.lower()
     readers = {".npz": _read_npz, ".pt": _read_pt, ".pth": _read_pt, ".csv": _read_csv}
     if suffix not in readers:
-        raise DataError(
-            f"dataset '{spec.name}': {path}: unsupported format {suffix!r}; expected .npz, .pt or .csv"
-        )
+        raise DataError(f"dataset '{spec.name}': {path}: unsupported format {suffix!r}; expected .npz, .pt or .csv")
     try:
         x, y, ids, meta = readers[suffix](path, spec)
     except DataError:
@@ -141,7 +139,7 @@ def _read_npz(path: Path, spec: DatasetSpec):
         x = npz["x"]
         y = npz["y"] if "y" in keys else None
         ids = npz["ids"] if "ids" in keys else None
-        meta = {k[len("meta_"):]: npz[k] for k in sorted(keys) if k.startswith("meta_")}
+        meta = {k[len("meta_") :]: npz[k] for k in sorted(keys) if k.startswith("meta_")}
     return x, y, ids, meta
 
 
@@ -154,28 +152,40 @@ def _read_pt(path: Path, spec: DatasetSpec):
 
     def arr(v):
         if isinstance(v, torch.Tensor):
-            return v.numpy()
+            # saved straight from training: may require grad, or be bfloat16 (which numpy lacks)
+            v = v.detach().cpu()
+            return (v.float() if v.dtype == torch.bfloat16 else v).numpy()
         return np.asarray(v)
 
     x = arr(obj["x"])
     y = arr(obj["y"]) if "y" in obj else None
     ids = arr(obj["ids"]) if "ids" in obj else None
-    meta = {k[len("meta_"):]: arr(v) for k, v in obj.items() if k.startswith("meta_")}
+    meta = {k[len("meta_") :]: arr(v) for k, v in obj.items() if k.startswith("meta_")}
     return x, y, ids, meta
 
 
 def _read_csv(path: Path, spec: DatasetSpec):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    # utf-8-sig: spreadsheet exports start with a byte order mark that would rename the first column
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [row for row in csv.reader(f) if row]  # blank lines are not examples
     if not rows:
         raise DataError(f"dataset '{spec.name}': {path} is empty")
     header, body = rows[0], rows[1:]
     columns = {name: [r[i] if i < len(r) else "" for r in body] for i, name in enumerate(header)}
-    y = np.asarray(_column(columns.pop(spec.label_column)), dtype=float) if spec.label_column in columns else None
-    if y is not None and np.all(np.mod(y, 1) == 0):
-        y = y.astype(np.int64)
+    y = None
+    if spec.label_column in columns:
+        labels = columns.pop(spec.label_column)
+        bad = next((v for v in labels if not _is_number(v)), None)
+        if bad is not None:
+            raise DataError(
+                f"dataset '{spec.name}': {path}: label column '{spec.label_column}' must hold integer class "
+                f"indices, found {bad!r}"
+            )
+        y = np.asarray([float(v) for v in labels])
+        if np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
     ids = np.asarray(columns.pop(spec.id_column)) if spec.id_column in columns else None
-    meta = {k[len("meta_"):]: _column(columns.pop(k)) for k in list(columns) if k.startswith("meta_")}
+    meta = {k[len("meta_") :]: _column(columns.pop(k)) for k in list(columns) if k.startswith("meta_")}
     features = list(columns)
     if not features:
         raise DataError(f"dataset '{spec.name}': {path} has no feature columns besides label, id and meta_*")

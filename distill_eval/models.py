@@ -83,9 +83,9 @@ def model_fingerprint(spec: ModelSpec) -> str | None:
     files = [p for p in (spec.path, spec.weights) if p is not None]
     if not files:
         return None
-    for p in files:
-        if not Path(p).is_file():
-            raise ModelError(f"model '{spec.name}': file not found: {p}")
+    for key, p in (("path", spec.path), ("weights", spec.weights)):
+        if p is not None and not Path(p).is_file():
+            raise ModelError(f"model '{spec.name}': {'weights ' if key == 'weights' else ''}file not found: {p}")
     return sha256_json(
         {
             "files": [sha256_file(p) for p in files],
@@ -118,8 +118,7 @@ def load_model(spec: ModelSpec, *, device: str = "cpu") -> Model:
         return wrap_model(spec.name, obj, device=device, format="factory")
     if spec.path is None:
         raise ModelError(
-            f"model '{spec.name}' has neither 'path' nor 'factory', and no pytest_distill_load_model "
-            "hook provided it"
+            f"model '{spec.name}' has neither 'path' nor 'factory', and no pytest_distill_load_model hook provided it"
         )
     path = Path(spec.path)
     if not path.is_file():
@@ -148,6 +147,7 @@ def wrap_model(name: str, obj: Any, *, device: str = "cpu", format: str = "hook"
     if isinstance(obj, torch.nn.Module):
         return _torch_model(name, obj, device=device, format=format)
     if hasattr(obj, "predict_logits"):
+
         def predict(x: np.ndarray) -> np.ndarray:
             out = obj.predict_logits(x)
             return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
@@ -168,7 +168,8 @@ def parameter_fingerprint(model: Model) -> str | None:
     if isinstance(model.module, torch.nn.Module):
         state = model.module.state_dict()
         arrays = [state[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy() for k in sorted(state)]
-        return sha256_arrays(*arrays, salt=type(model.module).__qualname__ + ",".join(sorted(state)))
+        layout = ",".join(f"{k}{tuple(state[k].shape)}{state[k].dtype}" for k in sorted(state))
+        return sha256_arrays(*arrays, salt=type(model.module).__qualname__ + layout)
     return None
 
 
@@ -183,7 +184,7 @@ def _torch_model(name: str, module: Any, *, device: str, format: str, exported: 
         module.eval()
     try:
         module = module.to(device)
-    except Exception as e:  # noqa: BLE001 — any failure to move is the user's model, not ours
+    except Exception as e:  # any failure to move is the user's model, not ours
         raise ModelError(f"model '{name}': cannot move to device {device!r}: {e}") from e
     params = sum(int(p.numel()) for p in module.parameters()) if hasattr(module, "parameters") else None
 
@@ -225,7 +226,7 @@ def _load_export(spec: ModelSpec, path: Path, device: str) -> Model:
 
     try:
         program = torch.export.load(str(path))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"model '{spec.name}': {path} is not a loadable torch.export program: {e}") from e
     return _torch_model(spec.name, program.module(), device=device, format="torch.export", exported=True)
 
@@ -240,19 +241,26 @@ def _load_torch_file(spec: ModelSpec, path: Path, device: str) -> Model:
                 # its warning is about the user's file format, not their model.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location=device)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ModelError(f"model '{spec.name}': cannot load TorchScript file {path}: {e}") from e
         return _torch_model(spec.name, module, device=device, format="torchscript")
+    if not (zipfile.is_zipfile(path) or path.read_bytes()[:1] == b"\x80"):  # torch.save: a zip, or a raw pickle
+        raise ModelError(f"model '{spec.name}': {path} is not a PyTorch file (neither TorchScript nor torch.save)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
+        if "weights only load failed" not in str(e).lower():
+            raise ModelError(f"model '{spec.name}': cannot read {path} as a PyTorch file: {_first_line(e)}") from e
         if not spec.trusted:
             raise ModelError(
                 f"model '{spec.name}': {path} is neither TorchScript nor a weights-only file; loading a "
                 "pickled module runs code from the file, so it needs 'trusted = true' in "
-                f"[tool.distill_eval.models.{spec.name}] ({type(e).__name__})"
-            ) from None
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+                f"[tool.distill_eval.models.{spec.name}]"
+            ) from e
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise ModelError(f"model '{spec.name}': cannot unpickle {path}: {_first_line(e2)}") from e2
     if isinstance(obj, dict):
         raise ModelError(
             f"model '{spec.name}': {path} holds a state dict, not a model; give 'factory' (the callable "
@@ -280,7 +288,7 @@ def _load_pickle(spec: ModelSpec, path: Path, device: str) -> Model:
 
     try:
         obj = joblib.load(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"model '{spec.name}': cannot unpickle {path}: {e}") from e
     return wrap_model(spec.name, obj, device=device, format="pickle")
 
@@ -290,12 +298,11 @@ def _load_onnx(spec: ModelSpec, path: Path) -> Model:
         import onnxruntime as ort
     except ImportError:
         raise ModelError(
-            f"model '{spec.name}': {path} is an ONNX model, which needs onnxruntime: "
-            "pip install 'distill-eval[onnx]'"
+            f"model '{spec.name}': {path} is an ONNX model, which needs onnxruntime: pip install 'distill-eval[onnx]'"
         ) from None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"model '{spec.name}': cannot load ONNX model {path}: {e}") from e
     input_name = session.get_inputs()[0].name
 
@@ -312,7 +319,7 @@ def _call_factory(spec: ModelSpec) -> Any:
         sys.path.insert(0, str(Path.cwd()))  # the user's own package, as `python -m` would see it
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"{where}: cannot import module '{module_name}': {type(e).__name__}: {e}") from e
     fn = module
     for part in attr.split("."):
@@ -323,7 +330,7 @@ def _call_factory(spec: ModelSpec) -> Any:
         raise ModelError(f"{where}: '{attr}' is not callable")
     try:
         return fn(**dict(spec.kwargs))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"{where} raised {type(e).__name__}: {e}") from e
 
 
@@ -335,7 +342,7 @@ def _load_weights(spec: ModelSpec, obj: Any) -> None:
         raise ModelError(f"model '{spec.name}': weights file not found: {path}")
     if not isinstance(obj, torch.nn.Module):
         raise ModelError(f"model '{spec.name}': 'weights' needs the factory to return an nn.Module")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -346,18 +353,23 @@ def _load_weights(spec: ModelSpec, obj: Any) -> None:
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ModelError(
                 f"model '{spec.name}': {path} is not a weights-only state dict (loaded with "
                 f"weights_only=True): {type(e).__name__}"
-            ) from None
+            ) from e
     if not isinstance(state, dict):
         raise ModelError(f"model '{spec.name}': {path} holds {type(state).__name__}, expected a state dict")
     try:
         obj.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         first = str(e).strip().splitlines()
         raise ModelError(
             f"model '{spec.name}': the weights in {path} do not fit the module built by "
             f"{spec.factory!r}: {' '.join(first[:3])}"
-        ) from None
+        ) from e
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"

@@ -104,7 +104,7 @@ def compute_logits(
             logits = np.asarray(predict(batch))
         except ModelError:
             raise
-        except Exception as e:  # noqa: BLE001 — the user's model failed; say which and on what
+        except Exception as e:  # the user's model failed; say which and on what
             raise ModelError(
                 f"model '{model}' failed on dataset '{dataset}' (input batch of shape {tuple(batch.shape)}): "
                 f"{type(e).__name__}: {e}"
@@ -119,7 +119,9 @@ def compute_logits(
             out = np.empty((n, logits.shape[1]), dtype=np.float32)
         elif logits.shape[1] != out.shape[1]:
             raise ModelError(
-                f"model '{model}' returned {logits.shape[1]} classes for one batch and {out.shape[1]} for another"
+                f"model '{model}' returned {logits.shape[1]} classes (outputs of shape {tuple(logits.shape)}) for "
+                f"the input batch at row {start} on dataset '{dataset}', but {out.shape[1]} classes for earlier "
+                "batches; the class count must not change"
             )
         out[start : start + len(batch)] = logits
     assert out is not None  # datasets are never empty (checked when loaded)
@@ -172,6 +174,11 @@ class OutputCache:
             return
         data, meta = self._paths(key)
         atomic_write(data, lambda f: np.save(f, np.ascontiguousarray(logits), allow_pickle=False))
-        sidecar = dict(info, format=CACHE_FORMAT, sha256=sha256_file(data), shape=list(logits.shape),
-                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        sidecar = dict(
+            info,
+            format=CACHE_FORMAT,
+            sha256=sha256_file(data),
+            shape=list(logits.shape),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         atomic_write(meta, json.dumps(sidecar, indent=1).encode())

@@ -28,25 +28,64 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("distill", "distill_eval: gate a distilled student against its teacher")
-    group.addoption("--distill", action="store_true", default=False,
-                    help="collect and run the distill_eval suites (default: off; the plugin then changes nothing)")
-    group.addoption("--distill-model", action="append", default=[], metavar="NAME=PATH",
-                    help="load model NAME from PATH instead of the configured one; repeatable (default: none)")
-    group.addoption("--distill-student", metavar="PATH", default=None,
-                    help="shorthand for --distill-model student=PATH (default: none)")
-    group.addoption("--distill-teacher", metavar="PATH", default=None,
-                    help="shorthand for --distill-model teacher=PATH (default: none)")
-    group.addoption("--distill-dataset", action="append", default=[], metavar="NAME=PATH",
-                    help="load dataset NAME from PATH (or a built-in sklearn:NAME); repeatable (default: none)")
-    group.addoption("--distill-reports", metavar="DIR", default=None,
-                    help="write results.json, report.html and summary.md to DIR (default: the configured "
-                    "'reports', else ./reports)")
-    group.addoption("--distill-gate", metavar="MODE", default=None, choices=GATES,
-                    help="override every suite's gate mode: estimate, strict or lenient (default: each suite's own)")
-    group.addoption("--distill-device", metavar="DEV", default=None,
-                    help="run models on DEV: cpu, cuda, cuda:N or auto (default: the configured 'device', else auto)")
-    group.addoption("--distill-no-cache", action="store_true", default=False,
-                    help="recompute every model output instead of reading the cache (default: use the cache)")
+    group.addoption(
+        "--distill",
+        action="store_true",
+        default=False,
+        help="collect and run the distill_eval suites (default: off; the plugin then changes nothing)",
+    )
+    group.addoption(
+        "--distill-model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="load model NAME from PATH instead of the configured one; repeatable (default: none)",
+    )
+    group.addoption(
+        "--distill-student",
+        metavar="PATH",
+        default=None,
+        help="shorthand for --distill-model student=PATH (default: none)",
+    )
+    group.addoption(
+        "--distill-teacher",
+        metavar="PATH",
+        default=None,
+        help="shorthand for --distill-model teacher=PATH (default: none)",
+    )
+    group.addoption(
+        "--distill-dataset",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="load dataset NAME from PATH (or a built-in sklearn:NAME); repeatable (default: none)",
+    )
+    group.addoption(
+        "--distill-reports",
+        metavar="DIR",
+        default=None,
+        help="write results.json, report.html and summary.md to DIR (default: the configured "
+        "'reports', else ./reports)",
+    )
+    group.addoption(
+        "--distill-gate",
+        metavar="MODE",
+        default=None,
+        choices=GATES,
+        help="override every suite's gate mode: estimate, strict or lenient (default: each suite's own)",
+    )
+    group.addoption(
+        "--distill-device",
+        metavar="DEV",
+        default=None,
+        help="run models on DEV: cpu, cuda, cuda:N or auto (default: the configured 'device', else auto)",
+    )
+    group.addoption(
+        "--distill-no-cache",
+        action="store_true",
+        default=False,
+        help="recompute every model output instead of reading the cache (default: use the cache)",
+    )
 
 
 def _pairs(values: list[str], option: str) -> dict[str, str]:

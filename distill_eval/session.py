@@ -19,7 +19,7 @@ from distill_eval.checks import KINDS, CheckContext
 from distill_eval.checks.judge import judge
 from distill_eval.config import ProjectConfig
 from distill_eval.data import Dataset, load_dataset
-from distill_eval.errors import ConfigError, DataError, DistillError, ModelError
+from distill_eval.errors import ConfigError, DataError, DistillError
 from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
 from distill_eval.outputs import ModelOutputs, OutputCache, compute_logits
 from distill_eval.results import CheckResult
@@ -112,7 +112,9 @@ class DistillSession:
             else:
                 model = load_model(spec, device=self.device)
             self._models[name] = model
-            self._log(f"loaded model '{name}' ({model.format}, {spec.describe()}) in {time.perf_counter() - start:.2f} s")
+            self._log(
+                f"loaded model '{name}' ({model.format}, {spec.describe()}) in {time.perf_counter() - start:.2f} s"
+            )
         return self._models[name]
 
     def fingerprint(self, name: str) -> str | None:
@@ -168,8 +170,11 @@ class DistillSession:
             self._log(f"{model} on {dataset}: {data.n} examples in {elapsed:.2f} s ({loaded.device})")
             if cache_key:
                 facts = {"params": loaded.params, "format": loaded.format}
-                self.cache.store(cache_key, logits, {"model": model, "dataset": dataset, "fingerprint": fp,
-                                                     "dataset_sha256": data.sha256, **facts})
+                self.cache.store(
+                    cache_key,
+                    logits,
+                    {"model": model, "dataset": dataset, "fingerprint": fp, "dataset_sha256": data.sha256, **facts},
+                )
             out = ModelOutputs(model, dataset, logits, cached=False)
         self._outputs[key] = out
         return out
@@ -215,9 +220,17 @@ class DistillSession:
     def error_result(self, suite: SuiteSpec, check: CheckSpec, error: BaseException) -> CheckResult:
         """A result for a check that could not be computed."""
         message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
-        return CheckResult(suite=suite.name, file=str(suite.file), gate=self.gate or suite.gate, id=check.id,
-                           kind=check.kind, outcome="error", message=message, models=self._models_of(check),
-                           dataset=check.dataset)
+        return CheckResult(
+            suite=suite.name,
+            file=str(suite.file),
+            gate=self.gate or suite.gate,
+            id=check.id,
+            kind=check.kind,
+            outcome="error",
+            message=message,
+            models=self._models_of(check),
+            dataset=check.dataset,
+        )
 
     def _models_of(self, check: CheckSpec) -> dict[str, str]:
         roles = {"teacher": check.teacher, "student": check.student}
@@ -232,8 +245,11 @@ class DistillSession:
         names = {m for m, _ in self._outputs} | set(self._models)
         for name in sorted(names):
             spec = self.project.models[name]
-            info: dict[str, Any] = {"path": str(spec.path) if spec.path else None, "factory": spec.factory,
-                                    "weights": str(spec.weights) if spec.weights else None}
+            info: dict[str, Any] = {
+                "path": str(spec.path) if spec.path else None,
+                "factory": spec.factory,
+                "weights": str(spec.weights) if spec.weights else None,
+            }
             files = [p for p in (spec.path, spec.weights) if p is not None]
             if files:
                 info["sha256"] = sha256_file(files[-1])
@@ -251,4 +267,3 @@ class DistillSession:
 
     def dataset_provenance(self) -> dict[str, dict[str, Any]]:
         return {name: data.describe() for name, data in sorted(self._datasets.items())}
-

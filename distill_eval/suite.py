@@ -98,9 +98,7 @@ def load_suite(path: Path, project: ProjectConfig | None = None) -> SuiteSpec:
     student = r.string("student", "student")
     dataset = r.string("dataset", "test")
     gate = r.string("gate", "estimate", choices=GATES)
-    confidence = r.number("confidence", 0.95, minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    if confidence >= 1.0:
-        raise r.error(f"'confidence' must be a number in (0, 1), got {confidence}")
+    confidence = r.number("confidence", 0.95, minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True)
     bootstrap = r.integer("bootstrap", 1000, minimum=1)
     seed = r.integer("seed", 0, minimum=0)
     r.finish()
@@ -128,7 +126,9 @@ def load_suite(path: Path, project: ProjectConfig | None = None) -> SuiteSpec:
             raise cr.error(f"'id' must be a non-empty name without '::' or '/', got {check_id!r}")
         cr.where = label = f"check '{check_id}'"
         if check_id in seen:
-            raise cr.error(f"duplicate check id {check_id!r} (also check #{seen[check_id]}); give each check a unique 'id'")
+            raise cr.error(
+                f"duplicate check id {check_id!r} (also check #{seen[check_id]}); give each check a unique 'id'"
+            )
         seen[check_id] = index
         severity = cr.string("severity", "error", choices=SEVERITIES)
         spec_kind = KINDS[kind]

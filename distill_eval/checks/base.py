@@ -149,29 +149,34 @@ class CheckContext:
         return self._source.dataset(self.check.dataset)
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
-        """A model's outputs, validated against the dataset's size and labels."""
+        """A model's outputs, validated against the dataset's labels."""
         dataset = dataset or self.check.dataset
         out = self._source.outputs(model, dataset)
-        data = self._source.dataset(dataset)
-        if data.y is not None and data.y.size and data.y.max() >= out.n_classes:
-            raise DataError(
-                f"dataset '{dataset}' has label {int(data.y.max())}, but model '{model}' outputs only "
-                f"{out.n_classes} classes (logits of shape {out.logits.shape}); labels must be in "
-                f"[0, {out.n_classes})"
-            )
+        self._check_labels(out)
         return out
 
     def pair(self, other: str | None = None) -> tuple[ModelOutputs, ModelOutputs]:
-        """Teacher and student (or student and ``other``) outputs, with matching class counts."""
+        """Teacher and student (or ``other`` and student) outputs, with matching class counts."""
         first = self.check.teacher if other is None else other
-        a, b = self.outputs(first), self.outputs(self.check.student)
+        dataset = self.check.dataset
+        a, b = self._source.outputs(first, dataset), self._source.outputs(self.check.student, dataset)
         if a.n_classes != b.n_classes:
             raise ModelError(
                 f"models '{first}' and '{self.check.student}' disagree on the number of classes: "
                 f"'{first}' outputs shape {a.logits.shape}, '{self.check.student}' outputs shape "
-                f"{b.logits.shape} on dataset '{self.check.dataset}'"
+                f"{b.logits.shape} on dataset '{dataset}'"
             )
+        self._check_labels(a)
         return a, b
+
+    def _check_labels(self, out: ModelOutputs) -> None:
+        y = self._source.dataset(out.dataset).y
+        if y is not None and y.max() >= out.n_classes:
+            raise DataError(
+                f"dataset '{out.dataset}' has label {int(y.max())}, but model '{out.model}' outputs only "
+                f"{out.n_classes} classes (logits of shape {out.logits.shape}); labels must be in "
+                f"[0, {out.n_classes})"
+            )
 
     @property
     def teacher(self) -> ModelOutputs:
@@ -187,8 +192,7 @@ class CheckContext:
         y = self.dataset.y
         if y is None:
             raise CheckError(
-                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset "
-                f"'{self.check.dataset}' has none"
+                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset '{self.check.dataset}' has none"
             )
         return y
 

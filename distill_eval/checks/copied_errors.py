@@ -48,7 +48,8 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             undefined=no_errors if n_errors == 0 else "chance copy rate is 0",
         ),
         "error_consistency": Metric.of(
-            M.error_consistency(y, t, s), undefined="expected error agreement is 1 (a model is always right or always wrong)"
+            M.error_consistency(y, t, s),
+            undefined="expected error agreement is 1 (a model is always right or always wrong)",
         ),
         "copy_p_value": Metric.of(
             M.copy_p_value(y, t, s, n_permutations=ctx.suite.bootstrap, rng=ctx.rng), undefined=no_errors

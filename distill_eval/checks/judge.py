@@ -57,13 +57,21 @@ class BoundResult:
             estimate_ok = self.value >= self.bound if self.op == "min" else self.value <= self.bound
             if estimate_ok:
                 rel = "not entirely >=" if self.op == "min" else "not entirely <="
-        gate = self.gate if self.ci else f"{self.gate}; no interval, estimate used"
+        gate = self.gate if self.ci or self.gate == "estimate" else f"{self.gate}; no interval, estimate used"
         note = f"; {self.note}" if self.note else ""
-        return f"{name} = {format_number(self.value)}{ci} {rel} {self.op} {format_number(self.bound)} (gate: {gate}){note}"
+        return (
+            f"{name} = {format_number(self.value)}{ci} {rel} {self.op} {format_number(self.bound)} (gate: {gate}){note}"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metric": self.metric, "op": self.op, "bound": self.bound, "ok": self.ok,
-                               "value": self.value, "ci": list(self.ci) if self.ci else None}
+        out: dict[str, Any] = {
+            "metric": self.metric,
+            "op": self.op,
+            "bound": self.bound,
+            "ok": self.ok,
+            "value": self.value,
+            "ci": list(self.ci) if self.ci else None,
+        }
         if self.slice is not None:
             out["slice"] = self.slice
         if self.note:
@@ -112,8 +120,17 @@ def judge(
         for sl in measurement.slices or []:
             if sl.under_supported:
                 results.append(
-                    BoundResult("support", "min", float(min_support), False, float(sl.support), None, gate,
-                                sl.name, note="under-supported slice")
+                    BoundResult(
+                        "support",
+                        "min",
+                        float(min_support),
+                        False,
+                        float(sl.support),
+                        None,
+                        gate,
+                        sl.name,
+                        note="under-supported slice",
+                    )
                 )
     for bound in bounds:
         if bound.metric in slice_metrics:
@@ -129,8 +146,8 @@ def _one(bound: Bound, metric: Metric, gate: str, slice_name: str | None) -> Bou
     if metric.value is None:
         where = f" of slice '{slice_name}'" if slice_name else ""
         raise CheckError(
-            f"cannot apply '{bound.op}' bound to {bound.metric}{where}: it is undefined on this data "
-            f"({metric.note})"
+            f"cannot apply '{bound.op}' bound to {bound.metric}{where}: it is undefined on this data ({metric.note})"
         )
-    return BoundResult(bound.metric, bound.op, bound.value, _satisfies(metric, bound, gate), metric.value,
-                       metric.ci, gate, slice_name)
+    return BoundResult(
+        bound.metric, bound.op, bound.value, _satisfies(metric, bound, gate), metric.value, metric.ci, gate, slice_name
+    )

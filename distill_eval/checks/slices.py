@@ -60,8 +60,13 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
         for item in r.table["slices"]:
             if not isinstance(item, Mapping):
                 raise r.error(f"each entry of 'slices' must be a table, got {describe(item)}")
-    return {"slices": tuple(slices), "metric": metric, "min_support": min_support,
-            "discover": discover, "discover_top": discover_top}
+    return {
+        "slices": tuple(slices),
+        "metric": metric,
+        "min_support": min_support,
+        "discover": discover,
+        "discover_top": discover_top,
+    }
 
 
 class _Fields(Mapping[str, np.ndarray]):

@@ -26,7 +26,9 @@ def _bounded(check: dict[str, Any]) -> str:
         where = f" ({escape_md(b['slice'])})" if b.get("slice") is not None else ""
         rel = ">=" if b["op"] == "min" else "<="
         mark = "" if b["ok"] else " ✗"
-        parts.append(f"{b['metric']}{where} = {format_number(b['value'])}{ci} ({rel} {format_number(b['bound'])}){mark}")
+        parts.append(
+            f"{b['metric']}{where} = {format_number(b['value'])}{ci} ({rel} {format_number(b['bound'])}){mark}"
+        )
     return "; ".join(parts) if parts else "—"
 
 
@@ -59,6 +61,8 @@ def render_summary(doc: dict[str, Any]) -> str:
     if problems:
         lines += ["", "**Details**", ""]
         for suite, check in problems:
-            lines.append(f"- `{escape_md(suite['name'])}::{escape_md(check['id'])}` ({check['outcome']}): "
-                         f"{escape_md(check['message'])}")
+            lines.append(
+                f"- `{escape_md(suite['name'])}::{escape_md(check['id'])}` ({check['outcome']}): "
+                f"{escape_md(check['message'])}"
+            )
     return "\n".join(lines) + "\n"

@@ -1,0 +1,368 @@
+"""The plugin through the user's door: real pytest sessions over real suite files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill_eval.data import load_builtin
+from distill_eval.train import zoo
+
+WEIGHTS = Path(zoo.__file__).with_name("weights")
+
+PYPROJECT = f"""
+[tool.distill_eval]
+device = "cpu"
+
+[tool.distill_eval.models.teacher]
+factory = "distill_eval.train.zoo:digits_teacher"
+weights = "{WEIGHTS / "digits_teacher.pt"}"
+
+[tool.distill_eval.models.student]
+factory = "distill_eval.train.zoo:digits_student"
+weights = "{WEIGHTS / "digits_student.pt"}"
+
+[tool.distill_eval.datasets.test]
+source = "sklearn:digits"
+"""
+
+GATE = """
+[suite]
+name = "release-gate"
+
+[[check]]
+kind = "calibration"
+max = { student_ece = 0.05 }
+
+[[check]]
+kind = "agreement"
+min = { top1 = 0.95 }
+"""
+
+
+def write(pytester: pytest.Pytester, suites: dict[str, str], pyproject: str = PYPROJECT) -> None:
+    pytester.makefile(".toml", pyproject=pyproject)
+    (pytester.path / "suites").mkdir(exist_ok=True)
+    for name, text in suites.items():
+        (pytester.path / "suites" / f"{name}.toml").write_text(text)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def results(pytester: pytest.Pytester, folder: str = "reports") -> dict:
+    return json.loads((pytester.path / folder / "results.json").read_text())
+
+
+def test_without_distill_the_plugin_changes_nothing(pytester: pytest.Pytester) -> None:
+    write(pytester, {"broken": "this is [not toml"})
+    pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "reports").exists()
+
+
+def test_no_paths_collects_the_suites_folder_not_testpaths(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE}, PYPROJECT + '\n[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
+    pytester.mkdir("tests")
+    (pytester.path / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
+    result = run(pytester, "--distill", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(
+        ["suites/gate.toml::release-gate::calibration", "suites/gate.toml::release-gate::agreement"]
+    )
+    result.stdout.no_fnmatch_line("*test_x*")
+
+
+def test_end_to_end_passes_and_writes_reports(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "distill_eval: teacher on test: 540 examples in * s (cpu)",
+            "distill_eval: student on test: 540 examples in * s (cpu)",
+            "verdict: passed; reports written to reports/ (results.json, summary.md, report.html)",
+        ]
+    )
+    doc = results(pytester)
+    assert doc["schema"] == 1 and doc["verdict"] == "passed"
+    assert set(doc["models"]) == {"teacher", "student"}
+    assert doc["models"]["teacher"]["params"] == sum(p.numel() for p in zoo.digits_teacher().parameters())
+    assert len(doc["models"]["student"]["sha256"]) == 64
+    assert doc["datasets"]["test"] == {
+        "source": "sklearn:digits",
+        "sha256": doc["datasets"]["test"]["sha256"],
+        "n": 540,
+    }
+    (suite,) = doc["suites"]
+    assert suite["name"] == "release-gate" and suite["gate"] == "estimate"
+    assert [c["id"] for c in suite["checks"]] == ["calibration", "agreement"]
+    for check in suite["checks"]:
+        assert all(set(m) >= {"value", "ci"} for m in check["metrics"].values())
+        assert all(set(b) >= {"metric", "op", "bound", "ok"} for b in check["bounds"])
+    summary = (pytester.path / "reports" / "summary.md").read_text()
+    assert "| release-gate | calibration | calibration |" in summary
+    assert "<html" in (pytester.path / "reports" / "report.html").read_text()
+
+
+def test_second_run_reads_the_cache_and_agrees(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    run(pytester, "--distill").assert_outcomes(passed=2)
+    first = results(pytester)
+    result = run(pytester, "--distill")
+    result.stdout.fnmatch_lines(["distill_eval: teacher on test: 540 examples from cache"])
+    second = results(pytester)
+    assert first["suites"][0]["checks"][0]["metrics"] == second["suites"][0]["checks"][0]["metrics"]
+    result = run(pytester, "--distill", "--distill-no-cache")
+    result.stdout.fnmatch_lines(["distill_eval: teacher on test: 540 examples in * s (cpu)"])
+
+
+def test_quiet_run_prints_no_progress(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill", "-q")
+    result.stdout.no_fnmatch_line("*distill_eval: teacher*")
+
+
+def test_k_selects_checks_and_explicit_paths_work(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE, "other": GATE.replace("release-gate", "other")})
+    run(pytester, "--distill", "-k", "agreement").assert_outcomes(passed=2)
+    run(pytester, "--distill", "suites/other.toml").assert_outcomes(passed=2)
+    result = run(pytester, "--distill", "suites/other.toml::other::calibration")
+    result.assert_outcomes(passed=1)
+
+
+def test_k_matches_the_kind_even_with_a_custom_id(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE.replace('kind = "calibration"', 'kind = "calibration"\nid = "ece"')})
+    result = run(pytester, "--distill", "-k", "calibration", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["suites/gate.toml::release-gate::ece"])
+
+
+def test_a_toml_outside_the_suites_folder_is_a_suite_only_when_named(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    (pytester.path / "elsewhere.toml").write_text(GATE.replace("release-gate", "elsewhere"))
+    result = run(pytester, "--distill", ".", "--collect-only", "-q")
+    result.stdout.no_fnmatch_line("*elsewhere*")
+    result.stdout.no_fnmatch_line("*pyproject*")
+    run(pytester, "--distill", "elsewhere.toml").assert_outcomes(passed=2)
+
+
+def test_junitxml_names_each_check(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE.replace("student_ece = 0.05", "student_ece = 0.001")})
+    run(pytester, "--distill", "--junitxml=junit.xml").assert_outcomes(passed=1, failed=1)
+    xml = (pytester.path / "junit.xml").read_text()
+    assert 'name="calibration"' in xml and 'name="agreement"' in xml
+    assert "student_ece = " in xml and "&gt; max 0.001 (gate: estimate)" in xml
+
+
+def test_broken_bound_fails_with_a_sentence(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE.replace("top1 = 0.95", "top1 = 0.999")})
+    result = run(pytester, "--distill")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*agreement check 'agreement' of suite 'release-gate' failed: top1 = 0.99* < min 0.999 (gate: estimate)*"]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+    assert result.ret == 1
+    doc = results(pytester)
+    assert doc["verdict"] == "failed"
+    (bound,) = [b for c in doc["suites"][0]["checks"] for b in c["bounds"] if not b["ok"]]
+    assert bound == {"metric": "top1", "op": "min", "bound": 0.999, "ok": False, "value": bound["value"], "ci": None}
+
+
+def test_severity_warn_warns_and_does_not_fail(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        {
+            "gate": GATE.replace("top1 = 0.95", "top1 = 0.999").replace(
+                'kind = "agreement"', 'kind = "agreement"\nseverity = "warn"'
+            )
+        },
+    )
+    # `-W default`: our own test config turns warnings into errors; a user's usually does not
+    result = run(pytester, "--distill", "-W", "default")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*DistillWarning: agreement: top1 = * < min 0.999*"])
+    assert result.ret == 0
+    doc = results(pytester)
+    assert [c["outcome"] for c in doc["suites"][0]["checks"]] == ["passed", "warned"]
+    assert doc["verdict"] == "passed"
+
+
+def test_a_check_that_cannot_be_computed_is_an_error_not_a_failure(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE}, PYPROJECT.replace("digits_student.pt", "missing.pt"))
+    result = run(pytester, "--distill")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*could not be computed: model 'student': *file not found: *missing.pt*"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+    doc = results(pytester)
+    assert doc["verdict"] == "error"
+    assert {c["outcome"] for c in doc["suites"][0]["checks"]} == {"error"}
+
+
+def test_labels_outside_the_class_count_are_an_error(pytester: pytest.Pytester) -> None:
+    data = load_builtin("sklearn:digits")
+    np.savez(pytester.path / "bad.npz", x=data.x, y=data.y + 5)
+    write(pytester, {"gate": GATE}, PYPROJECT.replace('source = "sklearn:digits"', 'path = "bad.npz"'))
+    result = run(pytester, "--distill")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*dataset 'test' has label 14, but model 'teacher' outputs only 10 classes*"])
+
+
+def test_class_count_mismatch_names_both_models_and_shapes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(narrow="from distill_eval.train.zoo import mlp\n\ndef build():\n    return mlp(64, (8,), 7)\n")
+    pyproject = PYPROJECT.replace(
+        f'factory = "distill_eval.train.zoo:digits_student"\nweights = "{WEIGHTS / "digits_student.pt"}"',
+        'factory = "narrow:build"',
+    )
+    write(pytester, {"gate": GATE.replace("max = { student_ece = 0.05 }", "")}, pyproject)
+    result = run(pytester, "--distill")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*models 'teacher' and 'student' disagree on the number of classes: 'teacher' outputs shape (540, 10), "
+            "'student' outputs shape (540, 7)*"
+        ]
+    )
+
+
+def test_suite_mistakes_are_collection_errors_with_a_suggestion(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE.replace("student_ece", "student_ec")})
+    result = run(pytester, "--distill")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        ["*suites/gate.toml: check 'calibration': unknown metric 'student_ec' in 'max' (did you mean 'student_ece'?)*"]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_pyproject_mistakes_are_usage_errors(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE}, PYPROJECT.replace('device = "cpu"', 'devise = "cpu"'))
+    result = run(pytester, "--distill")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*[[]tool.distill_eval[]]: unknown key 'devise' (did you mean 'device'?)*"])
+
+
+def test_options_are_validated(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill", "--distill-model", "student")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--distill-model expects NAME=PATH, got 'student'*"])
+    result = run(pytester, "--distill", "--distill-student", "a.pt", "--distill-model", "student=b.pt")
+    result.stderr.fnmatch_lines(["*--distill-student and --distill-model student=... both set model 'student'*"])
+    result = run(pytester, "--distill", "--distill-gate", "sloppy")
+    result.stderr.fnmatch_lines(["*--distill-gate: invalid choice: 'sloppy'*"])
+
+
+def test_missing_suites_folder_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    result = run(pytester, "--distill")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*the suites folder * does not exist*"])
+
+
+def _save_torchscript(module: torch.nn.Module, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, and still everywhere
+        torch.jit.script(module.eval()).save(str(path))
+
+
+def _digits_module(role: str) -> torch.nn.Module:
+    module = {"teacher": zoo.digits_teacher, "student": zoo.digits_student}[role]()
+    module.load_state_dict(torch.load(WEIGHTS / f"digits_{role}.pt", weights_only=True))
+    return module
+
+
+def test_users_own_torchscript_models_and_npz(pytester: pytest.Pytester) -> None:
+    for role in ("teacher", "student"):
+        _save_torchscript(_digits_module(role), pytester.path / f"{role}.pt")
+    data = load_builtin("sklearn:digits")
+    np.savez(pytester.path / "test.npz", x=data.x, y=data.y, ids=data.ids)
+    pyproject = """
+[tool.distill_eval.models.teacher]
+path = "teacher.pt"
+[tool.distill_eval.models.student]
+path = "student.pt"
+[tool.distill_eval.datasets.test]
+path = "test.npz"
+"""
+    write(pytester, {"gate": GATE}, pyproject)
+    result = run(pytester, "--distill", "-W", "error::DeprecationWarning")
+    result.assert_outcomes(passed=2)
+    doc = results(pytester)
+    assert doc["models"]["teacher"]["format"] == "torchscript"
+    # The same numbers as the factory-loaded models of the built-in default.
+    write(pytester, {"gate": GATE})
+    run(pytester, "--distill", "--distill-reports", "factory").assert_outcomes(passed=2)
+    for mine, builtin in zip(
+        doc["suites"][0]["checks"], results(pytester, "factory")["suites"][0]["checks"], strict=True
+    ):
+        for name, metric in mine["metrics"].items():
+            assert metric["value"] == pytest.approx(builtin["metrics"][name]["value"], rel=1e-5, abs=1e-7), name
+
+
+def test_command_line_overrides_a_model(pytester: pytest.Pytester) -> None:
+    _save_torchscript(_digits_module("teacher"), pytester.path / "teacher_as_student.pt")
+    write(pytester, {"gate": GATE})
+    run(pytester, "--distill", "--distill-student", "teacher_as_student.pt").assert_outcomes(passed=2)
+    doc = results(pytester)
+    assert doc["models"]["student"]["path"].endswith("teacher_as_student.pt")
+    agreement = doc["suites"][0]["checks"][1]["metrics"]
+    assert agreement["top1"]["value"] == 1.0
+    assert agreement["kl"]["value"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_conftest_hook_loads_a_model(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        f"""
+import torch
+from distill_eval.train import zoo
+
+LOADED = []
+
+def pytest_distill_load_model(name, spec, config):
+    if name != "student":
+        return None
+    LOADED.append(spec.table["options"]["tag"])
+    model = zoo.digits_student()
+    model.load_state_dict(torch.load(r"{WEIGHTS / "digits_student.pt"}", weights_only=True))
+    return model
+
+def pytest_sessionfinish(session):
+    assert LOADED == ["custom"], LOADED
+"""
+    )
+    pyproject = PYPROJECT.replace(
+        f'factory = "distill_eval.train.zoo:digits_student"\nweights = "{WEIGHTS / "digits_student.pt"}"',
+        'options = { tag = "custom" }',
+    )
+    write(pytester, {"gate": GATE}, pyproject)
+    result = run(pytester, "--distill")
+    result.assert_outcomes(passed=2)
+    assert results(pytester)["models"]["student"]["format"] == "hook"
+
+
+def test_a_model_no_selected_check_uses_is_never_loaded(pytester: pytest.Pytester) -> None:
+    (pytester.path / "control.pt").write_bytes(b"not a model")
+    pyproject = PYPROJECT + '\n[tool.distill_eval.models.control]\npath = "control.pt"\n'
+    suite = GATE + '\n[[check]]\nkind = "copied_errors"\ncontrol = "control"\n'
+    write(pytester, {"gate": suite}, pyproject)
+    run(pytester, "--distill", "-k", "not copied_errors").assert_outcomes(passed=2)
+    result = run(pytester, "--distill", "-k", "copied_errors")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*model 'control'*control.pt*"])
+
+
+def test_github_step_summary_is_appended(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = pytester.path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    write(pytester, {"gate": GATE})
+    run(pytester, "--distill").assert_outcomes(passed=2)
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and "| release-gate | agreement | agreement |" in text
