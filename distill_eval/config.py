@@ -44,9 +44,9 @@ class ModelSpec:
     def describe(self) -> str:
         """A short human description: the path or the factory."""
         if self.path is not None:
-            return str(self.path)
+            return _shown(self.path)
         if self.factory is not None:
-            return self.factory + (f" + {self.weights}" if self.weights else "")
+            return self.factory + (f" + {_shown(self.weights)}" if self.weights else "")
         return "(provided by a pytest_distill_load_model hook)"
 
 
@@ -64,7 +64,7 @@ class DatasetSpec:
 
     def describe(self) -> str:
         if self.path is not None:
-            return str(self.path)
+            return _shown(self.path)
         if self.source is not None:
             return self.source + (f" ({self.split})" if self.split else "")
         return "(provided by a pytest_distill_load_dataset hook)"
@@ -243,6 +243,14 @@ def _dataset_spec(name: str, table: Any, *, file: str, base: Path) -> DatasetSpe
         id_column=id_column,
         table=dict(table),
     )
+
+
+def _shown(path: Path) -> str:
+    """A path for messages: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _resolve(base: Path, path: str | Path) -> Path:

@@ -94,6 +94,8 @@ def load_suite(path: Path, project: ProjectConfig | None = None) -> SuiteSpec:
 
     r = TableReader(suite_table, file=file, where="[suite]")
     name = r.string("name", path.stem)
+    if not name or "::" in name or "/" in name:
+        raise r.error(f"'name' must be a non-empty name without '::' or '/', got {name!r}")
     teacher = r.string("teacher", "teacher")
     student = r.string("student", "student")
     dataset = r.string("dataset", "test")
@@ -188,24 +190,22 @@ def _check_names(suite: SuiteSpec, project: ProjectConfig) -> None:
     from distill_eval.checks import KINDS
 
     for check in suite.checks:
-        where = f"check '{check.id}'"
-        roles = [("teacher", check.teacher), ("student", check.student)]
-        roles += [(key, name) for key, name in KINDS[check.kind].extra_models(check.params)]
-        for key, model in roles:
-            if model not in project.models:
-                raise ConfigError(
-                    f"'{key}' names model {model!r}, which [tool.distill_eval.models] does not define"
-                    f"{did_you_mean(model, project.models)}; defined: {', '.join(sorted(project.models)) or 'none'}",
-                    file=str(suite.file),
-                    where=where,
-                )
-        datasets = [("dataset", check.dataset)]
-        datasets += [(key, name) for key, name in KINDS[check.kind].extra_datasets(check.params)]
-        for key, ds in datasets:
-            if ds not in project.datasets:
-                raise ConfigError(
-                    f"'{key}' names dataset {ds!r}, which [tool.distill_eval.datasets] does not define"
-                    f"{did_you_mean(ds, project.datasets)}; defined: {', '.join(sorted(project.datasets)) or 'none'}",
-                    file=str(suite.file),
-                    where=where,
-                )
+        kind = KINDS[check.kind]
+        references = [
+            (
+                "models",
+                "model",
+                [("teacher", check.teacher), ("student", check.student), *kind.extra_models(check.params)],
+            ),
+            ("datasets", "dataset", [("dataset", check.dataset), *kind.extra_datasets(check.params)]),
+        ]
+        for table, noun, refs in references:
+            defined = getattr(project, table)
+            for key, name in refs:
+                if name not in defined:
+                    raise ConfigError(
+                        f"'{key}' names {noun} {name!r}, which [tool.distill_eval.{table}] does not define"
+                        f"{did_you_mean(name, defined)}; defined: {', '.join(sorted(defined)) or 'none'}",
+                        file=str(suite.file),
+                        where=f"check '{check.id}'",
+                    )

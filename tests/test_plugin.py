@@ -366,3 +366,28 @@ def test_github_step_summary_is_appended(pytester: pytest.Pytester, monkeypatch:
     run(pytester, "--distill").assert_outcomes(passed=2)
     text = summary.read_text()
     assert text.startswith("earlier step\n") and "| release-gate | agreement | agreement |" in text
+
+
+def test_conftest_hook_loads_a_dataset(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+from distill_eval.data import load_builtin
+
+def pytest_distill_load_dataset(name, spec, config):
+    data = load_builtin("sklearn:digits", split="test", name=name)
+    keep = data.y < 5  # only digits 0-4: the hook decides what the data is
+    return type(data)(name=name, x=data.x[keep], y=data.y[keep], ids=data.ids[keep], source="hook", sha256="h")
+"""
+    )
+    write(pytester, {"gate": GATE}, PYPROJECT.replace('source = "sklearn:digits"', 'options = { from = "hook" }'))
+    run(pytester, "--distill").assert_outcomes(passed=2)
+    digits = load_builtin("sklearn:digits")
+    assert results(pytester)["datasets"]["test"]["n"] == int((digits.y < 5).sum())
+
+
+def test_a_hook_returning_the_wrong_type_is_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("def pytest_distill_load_dataset(name, spec, config):\n    return [1, 2, 3]\n")
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*pytest_distill_load_dataset returned list for dataset 'test'; expected*"])

@@ -100,6 +100,8 @@ def test_bounds_are_read(tmp_path: Path) -> None:
         ),
         ('[suite]\nnmae = "x"\n[[check]]\nkind = "agreement"\n', "[suite]: unknown key 'nmae' (did you mean 'name'?)"),
         ('[suite]\nname = "x"\n', "has no [[check]] tables"),
+        ('[suite]\nname = "a::b"\n[[check]]\nkind = "agreement"\n', "'name' must be a non-empty name without '::'"),
+        ('[[check]]\nkind = "agreement"\nid = "a::b"\n', "'id' must be a non-empty name without '::' or '/'"),
         ('[[checks]]\nkind = "agreement"\n', "unknown key 'checks' (did you mean 'check'?)"),
         (
             '[[check]]\nkind = "agreement"\nstudent = "studnet"\n',
