@@ -233,8 +233,9 @@ class DistillSession:
         )
 
     def _models_of(self, check: CheckSpec) -> dict[str, str]:
-        roles = {"teacher": check.teacher, "student": check.student}
-        roles.update(dict(KINDS[check.kind].extra_models(check.params)))
+        kind = KINDS[check.kind]
+        roles = {"teacher": check.teacher, "student": check.student} if kind.uses_models else {}
+        roles.update(dict(kind.extra_models(check.params)))
         return roles
 
     # -- provenance ----------------------------------------------------------

@@ -191,12 +191,9 @@ def _check_names(suite: SuiteSpec, project: ProjectConfig) -> None:
 
     for check in suite.checks:
         kind = KINDS[check.kind]
+        pair = [("teacher", check.teacher), ("student", check.student)] if kind.uses_models else []
         references = [
-            (
-                "models",
-                "model",
-                [("teacher", check.teacher), ("student", check.student), *kind.extra_models(check.params)],
-            ),
+            ("models", "model", [*pair, *kind.extra_models(check.params)]),
             ("datasets", "dataset", [("dataset", check.dataset), *kind.extra_datasets(check.params)]),
         ]
         for table, noun, refs in references:

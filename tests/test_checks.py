@@ -64,6 +64,11 @@ def test_calibration_of_an_overconfident_student(project: Path) -> None:
     # logits x 4: p = 1 / (1 + 9 * (0.12/9 / 0.88)^4) on the prediction
     p = 1 / (1 + 9 * ((0.12 / 9) / 0.88) ** 4)
     assert value(over, "student_ece") == pytest.approx(abs(acc - p), abs=1e-6)
+    # good is calibrated by construction (says 0.88, right with probability 0.88): its interval reaches 0;
+    # the overconfident one's interval excludes 0 and holds its true ECE, |0.88 - p|
+    assert good.metrics["student_ece"].ci[0] == 0.0
+    low, high = over.metrics["student_ece"].ci
+    assert 0 < low <= abs(0.88 - p) <= high
     # temperature scaling undoes the x 4: T close to 4, calibration restored
     assert value(over, "student_temperature") == pytest.approx(4.0, rel=0.1)
     assert value(over, "student_ece_after_temperature") < 0.02
@@ -89,6 +94,9 @@ def test_copied_errors_against_hand_counts(project: Path, tmp_path: Path) -> Non
     assert value(good, "copy_rate") == pytest.approx(np.mean(good_s[wrong] == t[wrong]))
     assert 0.3 < value(good, "copy_lift") < 3  # errs independently of the teacher: about chance
     assert value(good, "copy_p_value") > 0.01
+    # same accuracy, told apart by error consistency too: the copier errs where the teacher errs
+    assert value(copier, "error_consistency") > 0.5 > 0.1 > abs(value(good, "error_consistency"))
+    assert good.metrics["error_consistency"].ci[0] < 0 < good.metrics["error_consistency"].ci[1]
 
 
 def test_unknown_ids_in_a_known_failures_file_are_an_error(project: Path) -> None:

@@ -53,7 +53,10 @@ def test_failure_message_names_metric_value_interval_bound_and_gate() -> None:
     )
     assert result.describe() == "student_ece = 0.0712 [0.0581, 0.0843] > max 0.05 (gate: estimate)"
     (result,) = judge(Measurement({"top1": Metric(0.96, (0.94, 0.98))}), [Bound("top1", "min", 0.95)], gate="strict")
-    assert result.describe() == "top1 = 0.96 [0.94, 0.98] not entirely >= min 0.95 (gate: strict)"
+    assert result.describe() == (
+        "top1 = 0.96 [0.94, 0.98] not entirely >= min 0.95 (gate: strict); "
+        "inconclusive: the interval straddles the bound"
+    )
     (result,) = judge(Measurement({"top1": Metric(0.9)}), [Bound("top1", "min", 0.95)], gate="strict")
     assert result.describe() == "top1 = 0.9 < min 0.95 (gate: strict; no interval, estimate used)"
 
@@ -90,3 +93,21 @@ def test_slice_bounds_apply_to_each_slice_and_under_support_fails() -> None:
 
 def test_under_supported_slices_do_not_fail_a_check_without_bounds() -> None:
     assert judge(_slices(), [], gate="estimate", slice_metrics=["retention"], min_support=30) == []
+
+
+def test_an_inconclusive_verdict_estimates_the_examples_that_would_settle_it() -> None:
+    # half width 0.02, 0.01 from the bound: the width must halve, which takes 4x the examples
+    measurement = Measurement({"top1": Metric(0.96, (0.94, 0.98))}, n=400)
+    (strict,) = judge(measurement, [Bound("top1", "min", 0.95)], gate="strict")
+    assert (
+        strict.note == "inconclusive: the interval straddles the bound; about 1,600 examples (now 400) would settle it"
+    )
+    (lenient,) = judge(
+        Measurement({"top1": Metric(0.94, (0.93, 0.96))}, n=400), [Bound("top1", "min", 0.95)], gate="lenient"
+    )
+    # half width 0.015, 0.01 from the bound: (1.5)^2 x 400
+    assert lenient.ok and lenient.note is not None and "about 900 examples" in lenient.note
+    (clear,) = judge(
+        Measurement({"top1": Metric(0.99, (0.98, 0.995))}, n=400), [Bound("top1", "min", 0.95)], gate="strict"
+    )
+    assert clear.ok and clear.note is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from distill_eval.data import load_builtin
 from distill_eval.train import zoo
@@ -165,14 +166,26 @@ def test_broken_bound_fails_with_a_sentence(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--distill")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
-        ["*agreement check 'agreement' of suite 'release-gate' failed: top1 = 0.99* < min 0.999 (gate: estimate)*"]
+        [
+            "*agreement check 'agreement' of suite 'release-gate' failed: "
+            "top1 = 0.99* [[]0.9*, *[]] < min 0.999 (gate: estimate)*"
+        ]
     )
     result.stdout.no_fnmatch_line("*Traceback*")
     assert result.ret == 1
     doc = results(pytester)
     assert doc["verdict"] == "failed"
     (bound,) = [b for c in doc["suites"][0]["checks"] for b in c["bounds"] if not b["ok"]]
-    assert bound == {"metric": "top1", "op": "min", "bound": 0.999, "ok": False, "value": bound["value"], "ci": None}
+    assert {k: bound[k] for k in ("metric", "op", "bound", "ok")} == {
+        "metric": "top1",
+        "op": "min",
+        "bound": 0.999,
+        "ok": False,
+    }
+    # top-1 agreement is a proportion: its interval is Wilson's
+    agree = round(bound["value"] * 540)
+    expected = binomtest(agree, 540).proportion_ci(confidence_level=0.95, method="wilson")
+    assert bound["ci"] == pytest.approx([expected.low, expected.high])
 
 
 def test_severity_warn_warns_and_does_not_fail(pytester: pytest.Pytester) -> None:

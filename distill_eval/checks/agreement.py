@@ -11,6 +11,8 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
+from distill_eval.checks.intervals import Intervals, mean_of, ratio_of
+from distill_eval.metrics.stats import weighted_sum
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -20,36 +22,67 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
     }
 
 
+def _kappa(a: np.ndarray, b: np.ndarray, n_classes: int):
+    """Cohen's kappa of two prediction vectors as a weighted statistic."""
+    same = (a == b).astype(np.float64)
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        total = weighted_sum(w)
+        p_a = weighted_sum(w, None, groups=a, n_groups=n_classes) / total[:, None]
+        p_b = weighted_sum(w, None, groups=b, n_groups=n_classes) / total[:, None]
+        observed, expected = weighted_sum(w, same) / total, (p_a * p_b).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+
+    return statistic
+
+
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     teacher, student = ctx.pair()
     t_logits, s_logits = teacher.logits, student.logits
-    temperature = params["temperature"]
+    temperature, n = params["temperature"], teacher.n
+    intervals = Intervals(ctx, n)
+    agree = teacher.preds == student.preds
+    in_topk = M.topk_agreement(t_logits, s_logits, k=params["k"]) * n
+    kl = M.kl_per_example(t_logits, s_logits, temperature=temperature)
+    js = M.js_per_example(t_logits, s_logits, temperature=temperature)
+    tvd = M.tvd_per_example(t_logits, s_logits, temperature=temperature)
+    for name, per_example in (("kl", kl), ("js", js), ("tvd", tvd)):
+        intervals.add(name, mean_of(per_example))
+    intervals.add("kappa", _kappa(teacher.preds, student.preds, teacher.n_classes))
+    y = ctx.dataset.y
+    if y is not None:
+        s_hit, t_hit = student.preds == y, teacher.preds == y
+        intervals.add("accuracy_gap", mean_of(t_hit.astype(float) - s_hit))  # paired: the same examples
+        intervals.add("accuracy_retention", ratio_of(s_hit, t_hit))
+    cis = intervals.compute()
     values: dict[str, Metric] = {
-        "top1": Metric.of(M.top1_agreement(t_logits, s_logits)),
-        "topk": Metric.of(M.topk_agreement(t_logits, s_logits, k=params["k"])),
-        "kl": Metric.of(M.kl_divergence(t_logits, s_logits, temperature=temperature)),
-        "js": Metric.of(M.js_divergence(t_logits, s_logits, temperature=temperature)),
-        "tvd": Metric.of(M.total_variation(t_logits, s_logits, temperature=temperature)),
+        "top1": Metric.of(float(agree.mean()), intervals.proportion(agree.sum(), n)),
+        "topk": Metric.of(in_topk / n, intervals.proportion(round(in_topk), n)),
+        "kl": Metric.of(float(kl.mean()), cis.get("kl")),
+        "js": Metric.of(float(js.mean()), cis.get("js")),
+        "tvd": Metric.of(float(tvd.mean()), cis.get("tvd")),
         "kappa": Metric.of(
             M.cohen_kappa(teacher.preds, student.preds, n_classes=teacher.n_classes),
+            cis.get("kappa"),
             undefined="both models predict one and the same class everywhere",
         ),
     }
-    y = ctx.dataset.y
     if y is None:
         no_labels = f"dataset '{ctx.check.dataset}' has no labels"
         for name in ("student_accuracy", "teacher_accuracy", "accuracy_gap", "accuracy_retention"):
             values[name] = Metric(None, None, no_labels)
-    else:
-        s_acc = float(np.mean(student.preds == y))
-        t_acc = float(np.mean(teacher.preds == y))
-        values["student_accuracy"] = Metric.of(s_acc)
-        values["teacher_accuracy"] = Metric.of(t_acc)
-        values["accuracy_gap"] = Metric.of(t_acc - s_acc)
-        values["accuracy_retention"] = (
-            Metric.of(s_acc / t_acc) if t_acc > 0 else Metric(None, None, "the teacher's accuracy is 0")
-        )
-    return Measurement(values)
+        return Measurement(values, n=n)
+    s_acc, t_acc = float(s_hit.mean()), float(t_hit.mean())
+    values["student_accuracy"] = Metric.of(s_acc, intervals.proportion(s_hit.sum(), n))
+    values["teacher_accuracy"] = Metric.of(t_acc, intervals.proportion(t_hit.sum(), n))
+    values["accuracy_gap"] = Metric.of(t_acc - s_acc, cis.get("accuracy_gap"))
+    values["accuracy_retention"] = (
+        Metric.of(s_acc / t_acc, cis.get("accuracy_retention"))
+        if t_acc > 0
+        else Metric(None, None, "the teacher's accuracy is 0")
+    )
+    return Measurement(values, n=n)
 
 
 KIND = CheckKind(

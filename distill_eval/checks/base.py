@@ -80,6 +80,8 @@ class Measurement:
     metrics: dict[str, Metric]
     slices: list[SliceMeasurement] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: examples the metrics were computed on (for "how many would settle it")
+    n: int | None = None
 
 
 class ParamReader(Protocol):
@@ -118,6 +120,7 @@ class CheckKind:
     slice_metrics: tuple[str, ...] = ()
     extra_models: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] = _no_models
     extra_datasets: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] = _no_models
+    uses_models: bool = True
 
     @property
     def bound_metrics(self) -> tuple[str, ...]:
@@ -196,7 +199,21 @@ class CheckContext:
             )
         return y
 
+    def other_dataset(self, name: str) -> Dataset:
+        """Another dataset of the project (e.g. the training set, for leakage)."""
+        return self._source.dataset(name)
+
     @property
-    def rng(self) -> np.random.Generator:
-        """A generator seeded by the suite seed and the check id, so results never depend on run order."""
-        return np.random.default_rng([self.suite.seed, zlib.crc32(self.check.id.encode())])
+    def bounded_metrics(self) -> frozenset[str]:
+        """The metrics this check's bounds use."""
+        return frozenset(b.metric for b in self.check.bounds)
+
+    def rng_for(self, purpose: str) -> np.random.Generator:
+        """A generator seeded by the suite seed, the check id and ``purpose``.
+
+        Results never depend on run order (or on pytest-xdist), and adding a
+        new random procedure to a check does not change the others' draws.
+        """
+        return np.random.default_rng(
+            [self.suite.seed, zlib.crc32(self.check.id.encode()), zlib.crc32(purpose.encode())]
+        )

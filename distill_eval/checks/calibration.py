@@ -6,9 +6,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
+from distill_eval.checks.intervals import Intervals, binned_calibration_error, mean_of
+from distill_eval.metrics.calibration import bin_index
+from distill_eval.metrics.stats import weighted_sum
+from distill_eval.outputs import ModelOutputs
+
+_NONNEGATIVE = (0.0, np.inf)
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -16,6 +24,52 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
         "bins": r.integer("bins", 15, minimum=1),
         "binning": r.string("binning", "uniform", choices=("uniform", "quantile")),
     }
+
+
+def _top_label(out: ModelOutputs, y: np.ndarray, bins: int, binning: str):
+    """Each example's bin, and ``hit - confidence`` (the ECE statistic's inputs)."""
+    index, edges = bin_index(out.confidence, bins=bins, binning=binning)
+    return index, len(edges) - 1, (out.preds == y) - out.confidence
+
+
+def _classwise(out: ModelOutputs, y: np.ndarray, bins: int, binning: str):
+    """Classwise ECE as a weighted statistic: one (class, bin) group per example and class."""
+    n, k = out.probs.shape
+    groups = np.empty((n, k), dtype=np.intp)
+    offset = 0
+    for c in range(k):
+        index, edges = bin_index(out.probs[:, c], bins=bins, binning=binning)
+        groups[:, c] = index + offset
+        offset += len(edges) - 1
+    gaps = (y[:, None] == np.arange(k)) - out.probs
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        sums = np.zeros((w.shape[0], offset))
+        for c in range(k):  # one bincount per class: O(k * n) per resample, no dense one-hot
+            sums += weighted_sum(w, gaps[:, c], groups=groups[:, c], n_groups=offset)
+        return np.abs(sums).sum(axis=1) / weighted_sum(w) / k
+
+    return statistic
+
+
+def _temperature(logits: np.ndarray, y: np.ndarray, *, then_ece: tuple[int, str] | None = None):
+    """Refit the temperature on each resample (costly: only when bounded)."""
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        out = np.empty(w.shape[0])
+        for r, row in enumerate(w):
+            keep = row > 0
+            t = M.fit_temperature(logits[keep], y[keep], sample_weight=row[keep])
+            if then_ece is None:
+                out[r] = t
+                continue
+            probs = M.softmax(logits, temperature=t)
+            index, edges = bin_index(probs.max(axis=1), bins=then_ece[0], binning=then_ece[1])
+            gap = (probs.argmax(axis=1) == y) - probs.max(axis=1)
+            out[r] = np.abs(np.bincount(index, weights=row * gap, minlength=len(edges) - 1)).sum() / row.sum()
+        return out
+
+    return statistic
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
@@ -40,7 +94,55 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             M.softmax(student.logits, temperature=temperature), y, bins=bins, binning=binning
         ),
     }
-    return Measurement({name: Metric.of(v) for name, v in values.items()})
+
+    intervals = Intervals(ctx, len(y))
+    s_bins, s_n, s_gap = _top_label(student, y, bins, binning)
+    t_bins, t_n, t_gap = _top_label(teacher, y, bins, binning)
+    student_ece = binned_calibration_error(s_gap, s_bins, s_n)
+    teacher_ece = binned_calibration_error(t_gap, t_bins, t_n)
+    # Absolute calibration errors are biased upward: the basic bootstrap removes the bias the
+    # resampling reproduces, and consistency resampling (below) decides whether the interval reaches 0.
+    intervals.add("student_ece", student_ece, method="basic", support=_NONNEGATIVE)
+    intervals.add("teacher_ece", teacher_ece, method="basic", support=_NONNEGATIVE)
+    # The gap is paired: both models' errors on the same resampled examples, so the biases largely cancel.
+    intervals.add("ece_gap", lambda w: student_ece(w) - teacher_ece(w))
+    intervals.add(
+        "student_mce", binned_calibration_error(s_gap, s_bins, s_n, reduce="mce"), method="basic", support=(0.0, 1.0)
+    )
+    intervals.add("student_classwise_ece", _classwise(student, y, bins, binning), method="basic", support=_NONNEGATIVE)
+    intervals.add("student_brier", mean_of(M.brier_per_example(student.probs, y)))
+    intervals.add("teacher_brier", mean_of(M.brier_per_example(teacher.probs, y)))
+    intervals.add("student_nll", mean_of(M.nll_per_example(student.logits, y)))
+    intervals.add("teacher_nll", mean_of(M.nll_per_example(teacher.logits, y)))
+    logits = np.asarray(student.logits, dtype=np.float64)
+    intervals.add("student_temperature", lambda: _temperature(logits, y), costly=True)
+    intervals.add(
+        "student_ece_after_temperature",
+        lambda: _temperature(logits, y, then_ece=(bins, binning)),
+        method="basic",
+        support=_NONNEGATIVE,
+        costly=True,
+    )
+    cis = intervals.compute()
+    level = 1 - (1 - ctx.suite.confidence) / 2
+    for name, out, reduce in (
+        ("student_ece", student, "ece"),
+        ("teacher_ece", teacher, "ece"),
+        ("student_mce", student, "mce"),
+    ):
+        null = M.consistency_resampling(
+            out.confidence,
+            bins=bins,
+            binning=binning,
+            n_draws=ctx.suite.bootstrap,
+            rng=ctx.rng_for(f"consistency:{name}"),
+            reduce=reduce,
+        )
+        ci = cis.get(name)
+        if ci is not None and values[name] <= np.quantile(null, level):
+            # Consistent with perfect calibration (Bröcker & Smith 2007): the interval reaches 0.
+            cis[name] = (0.0, max(ci[1], values[name]))
+    return Measurement({name: Metric.of(v, cis.get(name)) for name, v in values.items()}, n=len(y))
 
 
 KIND = CheckKind(

@@ -12,10 +12,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
+from distill_eval.checks.intervals import Intervals, ratio_of
 from distill_eval.data import ids_file_mask
+from distill_eval.metrics.stats import clopper_pearson_interval, weighted_sum
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -33,42 +37,105 @@ def extra_models(params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     return [("control", params["control"])] if params["control"] else []
 
 
+def _chance_copy_rate(y: np.ndarray, t: np.ndarray, s: np.ndarray, n_classes: int):
+    """The chance copy rate as a weighted statistic: the student's confusion is re-estimated per resample."""
+    wrong = np.flatnonzero(t != y)
+    cell = y[wrong] * n_classes + t[wrong]  # (true class, teacher's wrong class) of each teacher error
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        confusion = weighted_sum(w, None, groups=y * n_classes + s, n_groups=n_classes * n_classes)
+        per_class = weighted_sum(w, None, groups=y, n_groups=n_classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_same = confusion[:, cell] / per_class[:, y[wrong]]
+        w_wrong = w[:, wrong]
+        return (w_wrong * np.nan_to_num(p_same)).sum(axis=1) / w_wrong.sum(axis=1)
+
+    return statistic
+
+
+def _error_consistency(t_hit: np.ndarray, s_hit: np.ndarray):
+    """Geirhos et al.'s error consistency (kappa of the two error indicators) as a weighted statistic."""
+    same = (t_hit == s_hit).astype(np.float64)
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        total = weighted_sum(w)
+        a_t, a_s = weighted_sum(w, t_hit) / total, weighted_sum(w, s_hit) / total
+        observed, expected = weighted_sum(w, same) / total, a_t * a_s + (1 - a_t) * (1 - a_s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+
+    return statistic
+
+
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     teacher, student = ctx.pair()
     y, t, s = ctx.labels, teacher.preds, student.preds
-    n_errors = M.teacher_errors(y, t)
+    n, k = len(y), teacher.n_classes
+    t_wrong, s_wrong = t != y, s != y
+    copied = t_wrong & (s == t)
+    n_errors = int(t_wrong.sum())
     no_errors = "the teacher makes no errors on this dataset"
-    chance = M.chance_copy_rate(y, t, s, n_classes=teacher.n_classes)
+
+    intervals = Intervals(ctx, n)
+    chance = _chance_copy_rate(y, t, s, k)
+    copy_rate = ratio_of(copied, t_wrong)
+    intervals.add("chance_copy_rate", chance)
+    intervals.add("copy_lift", lambda w: copy_rate(w) / chance(w))
+    intervals.add("error_consistency", _error_consistency(~t_wrong, ~s_wrong))
+    cis = intervals.compute() if n_errors else {}
+
+    n_permutations = ctx.suite.bootstrap
+    p_value = M.copy_p_value(y, t, s, n_permutations=n_permutations, rng=ctx.rng_for("copy_p_value"))
+    p_ci = None
+    if not np.isnan(p_value):
+        # The permutation p-value is a Monte Carlo estimate: its interval is that of a binomial proportion.
+        at_least = round(p_value * (n_permutations + 1)) - 1
+        p_ci = clopper_pearson_interval(at_least, n_permutations, confidence=ctx.suite.confidence)
+
     values = {
-        "teacher_errors": Metric.of(float(n_errors)),
-        "copy_rate": Metric.of(M.copy_rate(y, t, s), undefined=no_errors),
-        "chance_copy_rate": Metric.of(chance, undefined=no_errors),
+        # a count over the given examples: a census, not an estimate
+        "teacher_errors": Metric.of(float(n_errors), (float(n_errors), float(n_errors))),
+        "copy_rate": Metric.of(M.copy_rate(y, t, s), intervals.proportion(copied.sum(), n_errors), undefined=no_errors),
+        "chance_copy_rate": Metric.of(
+            M.chance_copy_rate(y, t, s, n_classes=k), cis.get("chance_copy_rate"), undefined=no_errors
+        ),
         "copy_lift": Metric.of(
-            M.copy_lift(y, t, s, n_classes=teacher.n_classes),
+            M.copy_lift(y, t, s, n_classes=k),
+            cis.get("copy_lift"),
             undefined=no_errors if n_errors == 0 else "chance copy rate is 0",
         ),
         "error_consistency": Metric.of(
             M.error_consistency(y, t, s),
+            cis.get("error_consistency"),
             undefined="expected error agreement is 1 (a model is always right or always wrong)",
         ),
-        "copy_p_value": Metric.of(
-            M.copy_p_value(y, t, s, n_permutations=ctx.suite.bootstrap, rng=ctx.rng), undefined=no_errors
+        "copy_p_value": Metric.of(p_value, p_ci, undefined=no_errors),
+        "copied_share": Metric.of(
+            M.copied_share(y, t, s),
+            intervals.proportion(copied.sum(), s_wrong.sum()),
+            undefined="the student makes no errors",
         ),
-        "copied_share": Metric.of(M.copied_share(y, t, s), undefined="the student makes no errors"),
     }
     extras: dict[str, Any] = {}
     if params["known_failures"] is not None:
         mask = ids_file_mask(params["known_failures"], ctx.dataset, what="known_failures")
-        values["known_copied"] = Metric.of(M.known_copied(y, t, s, mask), undefined="the known-failures file is empty")
+        values["known_copied"] = Metric.of(
+            M.known_copied(y, t, s, mask),
+            intervals.proportion((copied & mask).sum(), mask.sum()),
+            undefined="the known-failures file is empty",
+        )
         extras["known_failures"] = int(mask.sum())
     else:
         values["known_copied"] = Metric(None, None, "no 'known_failures' file was given")
     if params["control"]:
         control, _ = ctx.pair(params["control"])
-        values["control_copy_rate"] = Metric.of(M.copy_rate(y, t, control.preds), undefined=no_errors)
+        control_copied = t_wrong & (control.preds == t)
+        values["control_copy_rate"] = Metric.of(
+            M.copy_rate(y, t, control.preds), intervals.proportion(control_copied.sum(), n_errors), undefined=no_errors
+        )
     else:
         values["control_copy_rate"] = Metric(None, None, "no 'control' model was given")
-    return Measurement(values, extras=extras)
+    return Measurement(values, extras=extras, n=n)
 
 
 KIND = CheckKind(

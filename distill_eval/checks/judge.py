@@ -10,6 +10,7 @@ the message says so.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -136,18 +137,35 @@ def judge(
         if bound.metric in slice_metrics:
             for sl in measurement.slices or []:
                 if not sl.under_supported:
-                    results.append(_one(bound, sl.metrics[bound.metric], gate, sl.name))
+                    results.append(_one(bound, sl.metrics[bound.metric], gate, sl.name, sl.support))
             continue
-        results.append(_one(bound, measurement.metrics[bound.metric], gate, None))
+        results.append(_one(bound, measurement.metrics[bound.metric], gate, None, measurement.n))
     return results
 
 
-def _one(bound: Bound, metric: Metric, gate: str, slice_name: str | None) -> BoundResult:
+def _inconclusive(bound: Bound, metric: Metric, n: int | None) -> str | None:
+    """When the interval straddles the bound: roughly how many examples would settle it.
+
+    Interval widths shrink like 1/sqrt(n), so the interval clears the bound at
+    about ``n * (half_width / |estimate - bound|)**2`` examples.
+    """
+    if metric.ci is None or metric.value is None or not metric.ci[0] < bound.value < metric.ci[1]:
+        return None
+    distance = abs(metric.value - bound.value)
+    if n is None or distance == 0:
+        return "inconclusive: the interval straddles the bound"
+    half_width = (metric.ci[1] - metric.ci[0]) / 2
+    needed = math.ceil(n * (half_width / distance) ** 2)
+    return f"inconclusive: the interval straddles the bound; about {needed:,} examples (now {n:,}) would settle it"
+
+
+def _one(bound: Bound, metric: Metric, gate: str, slice_name: str | None, n: int | None = None) -> BoundResult:
     if metric.value is None:
         where = f" of slice '{slice_name}'" if slice_name else ""
         raise CheckError(
             f"cannot apply '{bound.op}' bound to {bound.metric}{where}: it is undefined on this data ({metric.note})"
         )
-    return BoundResult(
-        bound.metric, bound.op, bound.value, _satisfies(metric, bound, gate), metric.value, metric.ci, gate, slice_name
-    )
+    ok = _satisfies(metric, bound, gate)
+    # a verdict the interval does not support (strict fail, lenient pass) says what would settle it
+    note = _inconclusive(bound, metric, n) if (not ok or gate == "lenient") else None
+    return BoundResult(bound.metric, bound.op, bound.value, ok, metric.value, metric.ci, gate, slice_name, note=note)

@@ -19,6 +19,8 @@ from distill_eval import expr
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader, describe
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric, SliceMeasurement
+from distill_eval.checks.discovery import discover
+from distill_eval.checks.intervals import Intervals
 from distill_eval.data import ids_file_mask
 from distill_eval.errors import CheckError, ExpressionError
 
@@ -33,8 +35,6 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
     discover_top = r.integer("discover_top", 5, minimum=1)
     if not raw and not discover:
         raise r.error("'slices' must list at least one slice ({name = ..., where = ...}) unless discover = true")
-    if discover:
-        raise r.error("'discover = true' (slice discovery) is not available in this version of distill_eval")
     slices = []
     names: set[str] = set()
     for i, table in enumerate(raw, start=1):
@@ -135,49 +135,122 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         teacher_hit = np.ones(data.n, dtype=bool)
         student_hit = student.preds == teacher.preds
     fields = _Fields(ctx)
-    measured: list[SliceMeasurement] = []
+    masks: list[np.ndarray] = []
     for sl in params["slices"]:
         if "where" in sl:
             try:
-                mask = sl["where"].evaluate(fields)
+                masks.append(sl["where"].evaluate(fields, n=data.n))
             except ExpressionError as e:
                 raise CheckError(f"slice '{sl['name']}': {e}") from None
         else:
-            mask = ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'")
-        measured.append(_measure(sl, mask, teacher_hit, student_hit, params["min_support"]))
-    supported = [m for m in measured if not m.under_supported]
-    worst_retention = _worst(supported, "retention", min)
-    worst_gap = _worst(supported, "gap", max)
+            masks.append(ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'"))
+    min_support = params["min_support"]
+    supported = [i for i, mask in enumerate(masks) if mask.sum() >= min_support]
+
+    # Per-slice retention and gap, and the worst of them, from one paired bootstrap over all examples.
+    intervals = Intervals(ctx, data.n)
+    member = np.stack(masks, axis=1).astype(np.float64) if masks else np.zeros((data.n, 0))  # (n, n_slices)
+    s_in, t_in = member * student_hit[:, None], member * teacher_hit[:, None]
+
+    def per_slice(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        size, s_sum, t_sum = w @ member, w @ s_in, w @ t_in
+        with np.errstate(invalid="ignore", divide="ignore"):
+            retention = np.where(t_sum > 0, s_sum / np.where(t_sum > 0, t_sum, 1), np.nan)
+            gap = np.where(size > 0, (t_sum - s_sum) / np.where(size > 0, size, 1), np.nan)
+        return retention, gap
+
+    for i in supported:
+        intervals.add(f"{i}:retention", lambda w, i=i: per_slice(w)[0][:, i])
+        intervals.add(f"{i}:gap", lambda w, i=i: per_slice(w)[1][:, i])
+    if supported:
+        intervals.add("worst_retention", lambda w: _nan_extreme(per_slice(w)[0][:, supported], np.min))
+        intervals.add("worst_gap", lambda w: _nan_extreme(per_slice(w)[1][:, supported], np.max))
+    cis = intervals.compute()
+
+    measured = [
+        _measure(
+            sl,
+            i,
+            mask,
+            teacher_hit,
+            student_hit,
+            min_support,
+            intervals,
+            cis,
+            by_definition=params["metric"] == "agreement",
+        )
+        for i, (sl, mask) in enumerate(zip(params["slices"], masks, strict=True))
+    ]
+    well = [m for m in measured if not m.under_supported]
+    worst_retention = _worst(well, "retention", min, cis.get("worst_retention"))
+    worst_gap = _worst(well, "gap", max, cis.get("worst_gap"))
+    extras: dict[str, Any] = {"metric": params["metric"], "min_support": min_support}
+    if params["discover"]:
+        found = discover(
+            fields,
+            ids=data.ids,
+            x=data.x,
+            teacher_logits=teacher.logits,
+            teacher_hit=teacher_hit,
+            student_hit=student_hit,
+            min_support=min_support,
+            top=params["discover_top"],
+            rng=ctx.rng_for("discover"),
+            alpha=1 - ctx.suite.confidence,
+        )
+        extras["discovered"] = [d.to_json() for d in found]
     return Measurement(
         {"worst_retention": worst_retention, "worst_gap": worst_gap},
         slices=measured,
-        extras={"metric": params["metric"], "min_support": params["min_support"]},
+        extras=extras,
+        n=data.n,
     )
 
 
-def _measure(sl: Mapping[str, Any], mask: np.ndarray, teacher_hit, student_hit, min_support: int) -> SliceMeasurement:
+def _nan_extreme(values: np.ndarray, pick) -> np.ndarray:
+    """Row-wise min or max ignoring NaN; NaN where a row is all NaN (no warning, unlike np.nanmin)."""
+    fill = np.inf if pick is np.min else -np.inf
+    out = pick(np.where(np.isnan(values), fill, values), axis=1)
+    return np.where(np.isinf(out), np.nan, out)
+
+
+def _measure(
+    sl: Mapping[str, Any],
+    i: int,
+    mask: np.ndarray,
+    teacher_hit: np.ndarray,
+    student_hit: np.ndarray,
+    min_support: int,
+    intervals: Intervals,
+    cis: Mapping[str, tuple[float, float] | None],
+    *,
+    by_definition: bool,
+) -> SliceMeasurement:
     support = int(mask.sum())
     if support == 0:
         empty = Metric(None, None, "the slice is empty")
         values = dict.fromkeys(("student_score", "teacher_score", "retention", "gap"), empty)
     else:
-        s = float(student_hit[mask].mean())
-        t = float(teacher_hit[mask].mean())
+        s_hits, t_hits = int(student_hit[mask].sum()), int(teacher_hit[mask].sum())
+        s, t = s_hits / support, t_hits / support
         values = {
-            "student_score": Metric.of(s),
-            "teacher_score": Metric.of(t),
-            "retention": Metric.of(s / t) if t > 0 else Metric(None, None, "the teacher scores 0 on this slice"),
-            "gap": Metric.of(t - s),
+            "student_score": Metric.of(s, intervals.proportion(s_hits, support)),
+            # in agreement mode the teacher agrees with itself by definition: no uncertainty
+            "teacher_score": Metric.of(t, (1.0, 1.0) if by_definition else intervals.proportion(t_hits, support)),
+            "retention": Metric.of(s / t, cis.get(f"{i}:retention"))
+            if t > 0
+            else Metric(None, None, "the teacher scores 0 on this slice"),
+            "gap": Metric.of(t - s, cis.get(f"{i}:gap")),
         }
     where = sl["where"].source if "where" in sl else None
     return SliceMeasurement(sl["name"], support, values, under_supported=support < min_support, where=where)
 
 
-def _worst(slices: list[SliceMeasurement], key: str, pick) -> Metric:
+def _worst(slices: list[SliceMeasurement], key: str, pick, ci: tuple[float, float] | None) -> Metric:
     values = [sl.metrics[key].value for sl in slices if sl.metrics[key].value is not None]
     if not values:
         return Metric(None, None, "no slice has enough support")
-    return Metric.of(pick(values))
+    return Metric.of(pick(values), ci)
 
 
 KIND = CheckKind(

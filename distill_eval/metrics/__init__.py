@@ -24,10 +24,12 @@ from distill_eval.metrics.agreement import (
 )
 from distill_eval.metrics.calibration import (
     ReliabilityBins,
+    bin_index,
     brier_per_example,
     brier_score,
     calibration_bins,
     classwise_ece,
+    consistency_resampling,
     expected_calibration_error,
     fit_temperature,
     maximum_calibration_error,
@@ -44,6 +46,7 @@ from distill_eval.metrics.copying import (
     known_copied,
     teacher_errors,
 )
+from distill_eval.metrics.leakage import Duplicates, default_near_distance, exact_matches, find_duplicates
 from distill_eval.metrics.probabilities import (
     check_labels,
     check_logits,
@@ -53,9 +56,15 @@ from distill_eval.metrics.probabilities import (
     softmax,
     top2_margin,
 )
+from distill_eval.metrics.stats import BootstrapInterval, Statistic, bootstrap_intervals, weighted_sum
 
 __all__ = [
+    "BootstrapInterval",
+    "Duplicates",
     "ReliabilityBins",
+    "Statistic",
+    "bin_index",
+    "bootstrap_intervals",
     "brier_per_example",
     "brier_score",
     "calibration_bins",
@@ -65,13 +74,17 @@ __all__ = [
     "check_probs",
     "classwise_ece",
     "cohen_kappa",
+    "consistency_resampling",
     "copied_share",
     "copy_lift",
     "copy_p_value",
     "copy_rate",
+    "default_near_distance",
     "entropy",
     "error_consistency",
+    "exact_matches",
     "expected_calibration_error",
+    "find_duplicates",
     "fit_temperature",
     "js_divergence",
     "js_per_example",
@@ -89,4 +102,5 @@ __all__ = [
     "topk_agreement",
     "total_variation",
     "tvd_per_example",
+    "weighted_sum",
 ]

@@ -28,10 +28,12 @@ from distill_eval.metrics.probabilities import (
 
 __all__ = [
     "ReliabilityBins",
+    "bin_index",
     "brier_per_example",
     "brier_score",
     "calibration_bins",
     "classwise_ece",
+    "consistency_resampling",
     "expected_calibration_error",
     "fit_temperature",
     "maximum_calibration_error",
@@ -98,15 +100,46 @@ def _bin_edges(confidence: NDArray[np.float64], bins: int, binning: str) -> NDAr
     return np.unique(np.clip(edges, 0.0, 1.0))
 
 
+def bin_index(
+    confidence: ArrayLike, *, bins: int = 15, binning: Binning = "uniform"
+) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """The bin of each confidence, under the binning rule of :func:`calibration_bins`.
+
+    Parameters
+    ----------
+    confidence : array-like of shape (n_samples,)
+        Values in [0, 1].
+    bins : int, default=15
+        Number of bins (>= 1).
+    binning : {"uniform", "quantile"}, default="uniform"
+        See :func:`calibration_bins`.
+
+    Returns
+    -------
+    index : ndarray of shape (n_samples,)
+        Bin of each value, in ``[0, len(edges) - 1)``.
+    edges : ndarray of shape (n_bins + 1,)
+        The bin edges.
+    """
+    bins, binning = _check_binning(bins, binning)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    edges = _bin_edges(confidence, bins, binning)
+    return _assign(confidence, edges), edges
+
+
+def _assign(confidence: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.intp]:
+    # searchsorted(side="left") gives the first edge >= c, so c == edges[i]
+    # lands in bin i - 1, i.e. (lo, hi]; 0 maps to -1 and is clipped into bin 0.
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, edges.size - 2)
+
+
 def _reliability(
     confidence: NDArray[np.float64],
     hit: NDArray[np.float64],
     edges: NDArray[np.float64],
 ) -> ReliabilityBins:
     n_bins = edges.size - 1
-    # searchsorted(side="left") gives the first edge >= c, so c == edges[i]
-    # lands in bin i - 1, i.e. (lo, hi]; 0 maps to -1 and is clipped into bin 0.
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    index = _assign(confidence, edges)
     count = np.bincount(index, minlength=n_bins)
     conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
     hit_sum = np.bincount(index, weights=hit, minlength=n_bins)
@@ -343,6 +376,7 @@ def fit_temperature(
     labels: ArrayLike,
     *,
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    sample_weight: ArrayLike | None = None,
 ) -> float:
     """Temperature ``T`` minimising the NLL of ``softmax(logits / T)``.
 
@@ -363,6 +397,8 @@ def fit_temperature(
         True class indices.
     bounds : tuple of float, default=(0.05, 20.0)
         Lowest and highest temperature searched, ``0 < low < high``.
+    sample_weight : array-like of shape (n_samples,), optional
+        Non-negative weight of each example in the NLL (bootstrap resamples use it).
 
     Returns
     -------
@@ -375,6 +411,13 @@ def fit_temperature(
     low, high = bounds
     if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
         raise ValueError(f"The 'bounds' parameter must be (low, high) with 0 < low < high. Got {bounds!r} instead.")
+    if sample_weight is None:
+        w = np.full(z.shape[0], 1.0 / z.shape[0])
+    else:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != (z.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"sample_weight must be {z.shape[0]} finite non-negative weights with a positive sum")
+        w = w / w.sum()
     rows = np.arange(z.shape[0])
     z = z - z.max(axis=1, keepdims=True)
     label_logit = z[rows, y]
@@ -382,7 +425,7 @@ def fit_temperature(
     def mean_nll(log_t: float) -> float:
         scaled = z * np.exp(-log_t)
         # The row max of `scaled` is 0 (z's max is 0 and T > 0): stable as is.
-        return float(np.mean(np.log(np.exp(scaled).sum(axis=1)) - label_logit * np.exp(-log_t)))
+        return float(w @ (np.log(np.exp(scaled).sum(axis=1)) - label_logit * np.exp(-log_t)))
 
     result = minimize_scalar(
         mean_nll,
@@ -391,3 +434,59 @@ def fit_temperature(
         options={"xatol": 1e-6},
     )
     return float(np.exp(result.x))
+
+
+def consistency_resampling(
+    confidence: ArrayLike,
+    *,
+    bins: int = 15,
+    binning: Binning = "uniform",
+    n_draws: int = 1000,
+    rng: np.random.Generator,
+    reduce: Literal["ece", "mce"] = "ece",
+) -> NDArray[np.float64]:
+    """Plug-in ECE (or MCE) of a *perfectly calibrated* model with these confidences.
+
+    Consistency resampling (Bröcker & Smith 2007): keep the forecasts, draw
+    each example's correctness from its own confidence (``hit ~ Bernoulli(conf)``),
+    and recompute the binned error. The draws show how large the plug-in error
+    is from noise alone, so an observed error inside their range is consistent
+    with perfect calibration.
+
+    Parameters
+    ----------
+    confidence : array-like of shape (n_samples,)
+        Top-label confidences in [0, 1].
+    bins, binning
+        As in :func:`calibration_bins` (edges from these confidences).
+    n_draws : int, default=1000
+        Number of simulated outcome vectors.
+    rng : numpy.random.Generator
+        Source of the draws.
+    reduce : {"ece", "mce"}, default="ece"
+        Which binned error to compute.
+
+    Returns
+    -------
+    ndarray of shape (n_draws,)
+        The error of each simulated calibrated dataset.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    if conf.ndim != 1 or conf.size == 0 or np.any((conf < 0) | (conf > 1)):
+        raise ValueError(f"confidence must be a non-empty 1-D array of values in [0, 1], got shape {conf.shape}")
+    n_draws = _check_int_param("n_draws", n_draws, low=1)
+    index, edges = bin_index(conf, bins=bins, binning=binning)
+    n, n_bins = conf.size, edges.size - 1
+    count = np.bincount(index, minlength=n_bins)
+    out = np.empty(n_draws)
+    rows = max(1, (4 << 20) // (8 * n))  # ~4 MiB of draws at a time
+    for start in range(0, n_draws, rows):
+        k = min(rows, n_draws - start)
+        gap = (rng.random((k, n)) < conf) - conf
+        flat = (np.arange(k)[:, None] * n_bins + index).ravel()
+        sums = np.abs(np.bincount(flat, weights=gap.ravel(), minlength=k * n_bins).reshape(k, n_bins))
+        if reduce == "ece":
+            out[start : start + k] = sums.sum(axis=1) / n
+        else:
+            out[start : start + k] = (sums[:, count > 0] / count[count > 0]).max(axis=1)
+    return out

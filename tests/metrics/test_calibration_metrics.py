@@ -293,3 +293,30 @@ def test_fit_temperature_heads_for_the_lower_bound_for_separable_data():
 def test_fit_temperature_validates_bounds():
     with pytest.raises(ValueError, match="'bounds' parameter"):
         fit_temperature(np.zeros((2, 2)), [0, 1], bounds=(2.0, 1.0))
+
+
+def test_consistency_resampling_calibrates_its_own_test() -> None:
+    """For perfectly calibrated models, the observed ECE exceeds the 97.5% null quantile ~2.5% of the time."""
+    from distill_eval.metrics import consistency_resampling, expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    exceed = 0
+    for _ in range(200):
+        logits = rng.normal(0, 2, size=(500, 10))
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        y = (p.cumsum(axis=1) < rng.random((500, 1))).sum(axis=1)  # labels drawn from the model itself
+        null = consistency_resampling(p.max(axis=1), n_draws=300, rng=rng)
+        exceed += expected_calibration_error(p, y) > np.quantile(null, 0.975)
+    assert 1 <= exceed <= 14  # nominal 5 of 200
+
+
+def test_consistency_resampling_flags_an_overconfident_model() -> None:
+    from distill_eval.metrics import consistency_resampling, expected_calibration_error
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, size=(500, 10))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = (p.cumsum(axis=1) < rng.random((500, 1))).sum(axis=1)
+    sharp = np.exp(3 * logits) / np.exp(3 * logits).sum(axis=1, keepdims=True)  # same labels, overconfident
+    null = consistency_resampling(sharp.max(axis=1), n_draws=300, rng=rng)
+    assert expected_calibration_error(sharp, y) > np.quantile(null, 0.975)

@@ -23,7 +23,13 @@ from distill_eval.metrics import (
 )
 
 PUBLIC = {
+    "bin_index",
+    "consistency_resampling",
+    "BootstrapInterval",
+    "Duplicates",
     "ReliabilityBins",
+    "Statistic",
+    "bootstrap_intervals",
     "brier_per_example",
     "brier_score",
     "calibration_bins",
@@ -37,9 +43,12 @@ PUBLIC = {
     "copy_lift",
     "copy_p_value",
     "copy_rate",
+    "default_near_distance",
     "entropy",
     "error_consistency",
+    "exact_matches",
     "expected_calibration_error",
+    "find_duplicates",
     "fit_temperature",
     "js_divergence",
     "js_per_example",
@@ -57,6 +66,7 @@ PUBLIC = {
     "topk_agreement",
     "total_variation",
     "tvd_per_example",
+    "weighted_sum",
 }
 
 

@@ -1,0 +1,121 @@
+"""The weighted statistics behind each check's intervals equal the metrics they bootstrap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import planted
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from distill_eval import metrics as M
+from distill_eval.checks.agreement import _kappa
+from distill_eval.checks.calibration import _classwise, _temperature, _top_label
+from distill_eval.checks.copied_errors import _chance_copy_rate, _error_consistency
+from distill_eval.checks.intervals import binned_calibration_error, ratio_of
+from distill_eval.outputs import ModelOutputs
+
+RNG = np.random.default_rng(7)
+N, C = 400, 5
+LOGITS = RNG.normal(0, 2, size=(N, C))
+OTHER = LOGITS + RNG.normal(0, 1.5, size=(N, C))
+Y = RNG.integers(0, C, size=N)
+ONES = np.ones((1, N))
+
+
+@pytest.mark.parametrize("binning", ["uniform", "quantile"])
+def test_ece_and_mce_statistics_equal_the_metrics(binning: str) -> None:
+    out = ModelOutputs("m", "d", LOGITS)
+    bins, n_bins, gap = _top_label(out, Y, 10, binning)
+    ece = binned_calibration_error(gap, bins, n_bins)(ONES)[0]
+    mce = binned_calibration_error(gap, bins, n_bins, reduce="mce")(ONES)[0]
+    assert ece == pytest.approx(M.expected_calibration_error(out.probs, Y, bins=10, binning=binning))
+    assert mce == pytest.approx(M.maximum_calibration_error(out.probs, Y, bins=10, binning=binning))
+    classwise = _classwise(out, Y, 10, binning)(ONES)[0]
+    assert classwise == pytest.approx(M.classwise_ece(out.probs, Y, bins=10, binning=binning))
+
+
+def test_weighted_ece_equals_ece_of_the_resampled_rows() -> None:
+    """A bootstrap weight row of counts gives the ECE of the data with rows repeated that often."""
+    out = ModelOutputs("m", "d", LOGITS)
+    bins, n_bins, gap = _top_label(out, Y, 10, "uniform")
+    idx = RNG.integers(0, N, size=N)
+    counts = np.bincount(idx, minlength=N)[None, :].astype(float)
+    resampled = M.expected_calibration_error(out.probs[idx], Y[idx], bins=10)
+    assert binned_calibration_error(gap, bins, n_bins)(counts)[0] == pytest.approx(resampled)
+
+
+def test_temperature_statistics_refit_on_weights() -> None:
+    stat = _temperature(LOGITS, Y)(ONES)[0]
+    assert stat == pytest.approx(M.fit_temperature(LOGITS, Y), rel=1e-4)
+    then_ece = _temperature(LOGITS, Y, then_ece=(15, "uniform"))(ONES)[0]
+    expected = M.expected_calibration_error(M.softmax(LOGITS, temperature=stat), Y, bins=15)
+    assert then_ece == pytest.approx(expected, abs=1e-6)
+
+
+def test_kappa_statistic_equals_sklearn() -> None:
+    a, b = LOGITS.argmax(1), OTHER.argmax(1)
+    assert _kappa(a, b, C)(ONES)[0] == pytest.approx(cohen_kappa_score(a, b))
+
+
+def test_copy_statistics_equal_the_metrics() -> None:
+    t, s = LOGITS.argmax(1), OTHER.argmax(1)
+    assert _chance_copy_rate(Y, t, s, C)(ONES)[0] == pytest.approx(M.chance_copy_rate(Y, t, s, n_classes=C))
+    assert _error_consistency(t == Y, s == Y)(ONES)[0] == pytest.approx(M.error_consistency(Y, t, s))
+    copied = (t != Y) & (s == t)
+    assert ratio_of(copied, t != Y)(ONES)[0] == pytest.approx(M.copy_rate(Y, t, s))
+
+
+def test_ratio_of_is_nan_where_undefined() -> None:
+    weights = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert np.isnan(ratio_of(np.array([1.0, 0.0]), np.array([1.0, 0.0]))(weights)[1])
+
+
+def _results_without_timing(path) -> dict:
+    doc = json.loads(path.read_text())
+    for key in ("created", "environment", "command"):
+        doc.pop(key)
+    for suite in doc["suites"]:
+        for check in suite["checks"]:
+            check.pop("duration_s")
+    return doc
+
+
+def test_two_runs_give_identical_results(pytester: pytest.Pytester) -> None:
+    planted.write_project(pytester.path, student="broken_slice")
+    suite = pytester.path / "suites" / "planted.toml"
+    suite.write_text(suite.read_text().replace('kind = "slices"', 'kind = "slices"\ndiscover = true'))
+    pytester.runpytest("--distill", "-p", "no:cacheprovider", "--distill-no-cache")
+    first = _results_without_timing(pytester.path / "reports" / "results.json")
+    # the other order: per-check seeds, not session order, decide every random draw
+    pytester.runpytest("--distill", "-p", "no:cacheprovider", "-k", "slices or calibration")
+    pytester.runpytest("--distill", "-p", "no:cacheprovider")
+    second = _results_without_timing(pytester.path / "reports" / "results.json")
+    assert first == second
+    (check,) = [c for c in first["suites"][0]["checks"] if c["kind"] == "slices"]
+    assert all(m["ci"] is not None for m in check["metrics"].values())
+    assert check["discovered"][0]["where"] == "meta.group == 'b'"
+
+
+@pytest.mark.parametrize(("gate", "outcome"), [("estimate", "passed"), ("strict", "failed"), ("lenient", "passed")])
+def test_gate_modes_end_to_end(pytester: pytest.Pytester, gate: str, outcome: str) -> None:
+    planted.write_project(pytester.path, student="good")
+    data = planted.scenario()
+    agreement = float(np.mean(data["teacher"].argmax(1) == data["good"].argmax(1)))
+    # a bound just below the estimate: inside the interval
+    (pytester.path / "suites" / "planted.toml").write_text(
+        f'[suite]\nname = "g"\n[[check]]\nkind = "agreement"\nmin = {{ top1 = {agreement - 0.005} }}\n'
+    )
+    result = pytester.runpytest("--distill", "-p", "no:cacheprovider", "--distill-gate", gate)
+    doc = json.loads((pytester.path / "reports" / "results.json").read_text())
+    assert doc["suites"][0]["gate"] == gate
+    assert doc["suites"][0]["checks"][0]["outcome"] == outcome
+    if outcome == "failed":
+        result.stdout.fnmatch_lines(
+            [
+                "*top1 = * [[]*, *[]] not entirely >= min * (gate: strict); "
+                "inconclusive: the interval straddles the bound;"
+                " about * examples (now 3,000) would settle it*"
+            ]
+        )
