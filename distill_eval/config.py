@@ -18,7 +18,15 @@ from distill_eval._suggest import did_you_mean, one_of
 from distill_eval._tables import TableReader
 from distill_eval.errors import ConfigError
 
-__all__ = ["DatasetSpec", "ModelSpec", "ProjectConfig", "load_project_config", "read_toml"]
+__all__ = [
+    "DatasetSpec",
+    "ModelSpec",
+    "ProjectConfig",
+    "dataset_spec_from_table",
+    "load_project_config",
+    "model_spec_from_table",
+    "read_toml",
+]
 
 BUILTIN_SOURCES = ("sklearn:digits", "sklearn:iris", "sklearn:wine", "sklearn:breast_cancer")
 
@@ -79,6 +87,8 @@ class ProjectConfig:
     suites: Path = Path("suites")
     reports: Path = Path("reports")
     cache_dir: Path = Path(".distill_cache")
+    #: the accepted baseline's results (written by ``--distill-accept``, read by kind ``regression``)
+    baseline: Path = Path("reports/baseline.json")
     device: str = "auto"
     batch_size: int = 256
     models: Mapping[str, ModelSpec] = field(default_factory=dict)
@@ -148,6 +158,7 @@ def load_project_config(rootdir: Path, pyproject: Path | None = None) -> Project
             suites=rootdir / "suites",
             reports=rootdir / "reports",
             cache_dir=rootdir / ".distill_cache",
+            baseline=rootdir / "reports" / "baseline.json",
         )
     doc = read_toml(pyproject)
     table = doc.get("tool", {}).get("distill_eval", {})
@@ -156,6 +167,7 @@ def load_project_config(rootdir: Path, pyproject: Path | None = None) -> Project
     suites = r.string("suites", "suites")
     reports = r.string("reports", "reports")
     cache_dir = r.string("cache_dir", ".distill_cache")
+    baseline = r.string("baseline", "reports/baseline.json")
     device = r.string("device", "auto")
     _check_device(device, r)
     batch_size = r.integer("batch_size", 256, minimum=1)
@@ -174,6 +186,7 @@ def load_project_config(rootdir: Path, pyproject: Path | None = None) -> Project
         suites=_resolve(rootdir, suites),
         reports=_resolve(rootdir, reports),
         cache_dir=_resolve(rootdir, cache_dir),
+        baseline=_resolve(rootdir, baseline),
         device=device,
         batch_size=batch_size,
         models=models,
@@ -187,8 +200,26 @@ def _check_device(device: str, r: TableReader) -> None:
         raise r.error(f"'device' must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
 
 
-def _model_spec(name: str, table: Any, *, file: str, base: Path) -> ModelSpec:
-    r = TableReader(table, file=file, where=f"[tool.distill_eval.models.{name}]")
+def model_spec_from_table(name: str, table: Any, *, file: str, base: Path, where: str) -> ModelSpec:
+    """Read a model table (``path`` or ``factory`` [+ ``weights``], ``kwargs``, ``trusted``, ``options``).
+
+    The same rules as ``[tool.distill_eval.models.<name>]``, for tables in other
+    files (a training config's ``[teacher]``); ``where`` names the table in messages
+    and relative paths are resolved against ``base``.
+    """
+    return _model_spec(name, table, file=file, base=base, where=where)
+
+
+def dataset_spec_from_table(name: str, table: Any, *, file: str, base: Path, where: str) -> DatasetSpec:
+    """Read a dataset table (``path`` or ``source`` + ``split``, columns, ``options``).
+
+    The same rules as ``[tool.distill_eval.datasets.<name>]``; see :func:`model_spec_from_table`.
+    """
+    return _dataset_spec(name, table, file=file, base=base, where=where)
+
+
+def _model_spec(name: str, table: Any, *, file: str, base: Path, where: str | None = None) -> ModelSpec:
+    r = TableReader(table, file=file, where=where or f"[tool.distill_eval.models.{name}]")
     path = r.string("path", None)
     factory = r.string("factory", None)
     weights = r.string("weights", None)
@@ -214,8 +245,8 @@ def _model_spec(name: str, table: Any, *, file: str, base: Path) -> ModelSpec:
     )
 
 
-def _dataset_spec(name: str, table: Any, *, file: str, base: Path) -> DatasetSpec:
-    r = TableReader(table, file=file, where=f"[tool.distill_eval.datasets.{name}]")
+def _dataset_spec(name: str, table: Any, *, file: str, base: Path, where: str | None = None) -> DatasetSpec:
+    r = TableReader(table, file=file, where=where or f"[tool.distill_eval.datasets.{name}]")
     path = r.string("path", None)
     source = r.string("source", None)
     split = r.string("split", None, choices=("train", "test", "all"))

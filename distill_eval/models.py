@@ -294,22 +294,64 @@ def _load_pickle(spec: ModelSpec, path: Path, device: str) -> Model:
 
 
 def _load_onnx(spec: ModelSpec, path: Path) -> Model:
+    """An ONNX model served by ONNX Runtime on the CPU.
+
+    ``params`` is the number of values in the graph's initializers (read with the
+    ``onnx`` package when it is installed, else None). ONNX Runtime fixes its
+    intra-op thread count when a session is built, so ``extra["with_threads"]``
+    builds a second session for a given count: the latency check times that one
+    (without spin-waiting, so that idle runtime threads do not busy-wait through
+    the other model's calls).
+    """
     try:
         import onnxruntime as ort
     except ImportError:
         raise ModelError(
             f"model '{spec.name}': {path} is an ONNX model, which needs onnxruntime: pip install 'distill-eval[onnx]'"
         ) from None
+
+    def session_with(threads: int | None = None) -> Any:
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = session_with()
     except Exception as e:
         raise ModelError(f"model '{spec.name}': cannot load ONNX model {path}: {e}") from e
     input_name = session.get_inputs()[0].name
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0])
+    def predictor(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+        def predict(x: np.ndarray) -> np.ndarray:
+            return np.asarray(session.run(None, {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0])
 
-    return Model(spec.name, "onnx", predict, module=session, device="cpu")
+        return predict
+
+    def with_threads(threads: int) -> Callable[[np.ndarray], np.ndarray]:
+        return predictor(session_with(threads))
+
+    params = None
+    try:
+        import onnx
+    except ImportError:
+        pass  # the count is provenance, not needed to serve the model
+    else:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        dims = [t.dims for t in graph.initializer] + [t.values.dims for t in graph.sparse_initializer]
+        params = int(sum(int(np.prod(d, dtype=np.int64)) for d in dims))
+
+    return Model(
+        spec.name,
+        "onnx",
+        predictor(session),
+        module=session,
+        params=params,
+        device="cpu",
+        extra={"with_threads": with_threads},
+    )
 
 
 def _call_factory(spec: ModelSpec) -> Any:

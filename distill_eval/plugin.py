@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 
 from distill_eval import hookspec
+from distill_eval.baseline import Acceptance
 from distill_eval.collect import PROJECT_KEY, SESSION_KEY, CheckItem, SuiteFile
 from distill_eval.config import load_project_config
 from distill_eval.errors import DistillError
 from distill_eval.session import DistillSession
 from distill_eval.suite import GATES
+
+ACCEPTANCE_KEY = pytest.StashKey[Acceptance]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -86,6 +89,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="recompute every model output instead of reading the cache (default: use the cache)",
     )
+    group.addoption(
+        "--distill-accept",
+        action="store_true",
+        default=False,
+        help="after the run, store its results as the accepted baseline that 'regression' checks compare "
+        "with, at the configured 'baseline' path; refused if any check errored (default: off, never written)",
+    )
 
 
 def _pairs(values: list[str], option: str) -> dict[str, str]:
@@ -98,6 +108,21 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
             raise pytest.UsageError(f"{option} gives model or dataset {name!r} twice")
         out[name] = path
     return out
+
+
+def _project_root(config: pytest.Config) -> Path:
+    """pytest's rootdir, unless it holds no pyproject.toml: then the nearest one above the invocation dir.
+
+    pytest fixes its rootdir before plugins register their options, so the value of
+    ``--distill-student PATH`` (with a space) counts as a path when it decides; a
+    student file outside the project then moves the rootdir next to it.
+    ``--distill-student=PATH`` avoids that; this fallback keeps the project config.
+    """
+    root = config.rootpath
+    if (root / "pyproject.toml").is_file():
+        return root
+    here = Path(config.invocation_params.dir)
+    return next((d for d in (here, *here.parents) if (d / "pyproject.toml").is_file()), root)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -114,7 +139,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if device is not None and device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
         raise pytest.UsageError(f"--distill-device must be cpu, cuda, cuda:N, mps or auto, got {device!r}")
     try:
-        project = load_project_config(config.rootpath).with_overrides(
+        project = load_project_config(_project_root(config)).with_overrides(
             models=models,
             datasets=_pairs(config.getoption("distill_dataset"), "--distill-dataset"),
             reports=config.getoption("distill_reports"),
@@ -197,6 +222,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if summary:
         with open(summary, "a") as f:
             f.write(state.written["summary.md"].read_text() + "\n")
+    if config.getoption("distill_accept"):
+        from distill_eval.baseline import accept
+
+        config.stash[ACCEPTANCE_KEY] = accept(state.results, state.written["results.json"], state.project.baseline)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -204,6 +233,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     state = config.stash[SESSION_KEY]
     written = state.written
+    if config.getoption("distill_accept") and ACCEPTANCE_KEY not in config.stash:
+        terminalreporter.write_line(
+            "--distill-accept: no check result reached this process (none ran, or pytest-xdist workers ran "
+            "them); no baseline written"
+        )
     if not written:
         return
     from distill_eval.results import verdict
@@ -217,3 +251,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.write_line(
         f"verdict: {verdict(state.results)}; reports written to {folder}/ ({', '.join(written)})"
     )
+    if ACCEPTANCE_KEY in config.stash:
+        terminalreporter.write_line(config.stash[ACCEPTANCE_KEY].describe(config.invocation_params.dir))

@@ -25,9 +25,39 @@ from distill_eval.outputs import ModelOutputs, OutputCache, compute_logits
 from distill_eval.results import CheckResult
 from distill_eval.suite import CheckSpec, SuiteSpec
 
-__all__ = ["DistillSession"]
+__all__ = ["DistillSession", "output_cache_key"]
 
 Loader = Callable[[str, Any], Any]
+
+
+def output_cache_key(fingerprint: str, data: Dataset, *, device: str, batch_size: int) -> str:
+    """The :class:`~distill_eval.outputs.OutputCache` key of a model's logits on a dataset.
+
+    Shared by the plugin and the trainer's offline mode, so both read the same entries.
+
+    Parameters
+    ----------
+    fingerprint : str
+        The model's fingerprint (:func:`~distill_eval.models.model_fingerprint`, or its parameters' hash).
+    data : Dataset
+        The dataset; its content hash and size are part of the key.
+    device : str
+        The resolved device; only its kind (``"cuda"`` of ``"cuda:1"``) counts.
+    batch_size : int
+        The inference batch size (batching can change the last bits of the logits).
+    """
+    import torch
+
+    return sha256_json(
+        {
+            "model": fingerprint,
+            "dataset": data.sha256,
+            "n": data.n,
+            "device": device.split(":")[0],
+            "batch_size": batch_size,
+            "torch": torch.__version__,
+        }
+    )
 
 
 class DistillSession:
@@ -138,18 +168,7 @@ class DistillSession:
         fp = self.fingerprint(model)
         cache_key = None
         if fp is not None:
-            import torch
-
-            cache_key = sha256_json(
-                {
-                    "model": fp,
-                    "dataset": data.sha256,
-                    "n": data.n,
-                    "device": self.device.split(":")[0],
-                    "batch_size": self.project.batch_size,
-                    "torch": torch.__version__,
-                }
-            )
+            cache_key = output_cache_key(fp, data, device=self.device, batch_size=self.project.batch_size)
         logits, info, warning = self.cache.load(cache_key) if cache_key else (None, {}, None)
         if warning:
             self.warnings.append(warning)

@@ -404,3 +404,15 @@ def test_a_hook_returning_the_wrong_type_is_an_error(pytester: pytest.Pytester) 
     result = run(pytester, "--distill")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*pytest_distill_load_dataset returned list for dataset 'test'; expected*"])
+
+
+def test_a_student_outside_the_project_given_with_a_space(pytester: pytest.Pytester) -> None:
+    # pytest decides its rootdir before our options exist, so the value of `--distill-student PATH`
+    # looks like a path to it; the project config must still be found.
+    outside = pytester.path.parent / f"{pytester.path.name}-artifacts"
+    outside.mkdir()
+    _save_torchscript(_digits_module("student"), outside / "student.pt")
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill", "--distill-student", str(outside / "student.pt"))
+    result.assert_outcomes(passed=2)
+    assert results(pytester)["models"]["student"]["format"] == "torchscript"

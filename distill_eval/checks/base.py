@@ -21,8 +21,11 @@ from distill_eval.errors import CheckError, DataError, ModelError
 
 if TYPE_CHECKING:
     from distill_eval._tables import TableReader
+    from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
+    from distill_eval.models import Model
     from distill_eval.outputs import ModelOutputs
+    from distill_eval.results import CheckResult
     from distill_eval.suite import CheckSpec, SuiteSpec
 
 __all__ = ["CheckContext", "CheckKind", "Measurement", "Metric"]
@@ -128,11 +131,19 @@ class CheckKind:
 
 
 class OutputSource(Protocol):
-    """Where a context gets data and outputs from (the plugin's session)."""
+    """Where a context gets data, models and outputs from (the plugin's session)."""
 
     def dataset(self, name: str) -> Dataset: ...
 
     def outputs(self, model: str, dataset: str) -> ModelOutputs: ...
+
+    def model(self, name: str) -> Model: ...
+
+    @property
+    def project(self) -> ProjectConfig: ...
+
+    @property
+    def results(self) -> list[CheckResult]: ...
 
 
 class CheckContext:
@@ -198,6 +209,20 @@ class CheckContext:
                 f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset '{self.check.dataset}' has none"
             )
         return y
+
+    def model(self, name: str) -> Model:
+        """A loaded model, for checks that need the model itself (timing), not just its outputs."""
+        return self._source.model(name)
+
+    @property
+    def project(self) -> ProjectConfig:
+        """The project configuration (paths, device, batch size)."""
+        return self._source.project
+
+    @property
+    def previous_results(self) -> list[CheckResult]:
+        """Results of the checks that already ran in this session, in run order."""
+        return list(self._source.results)
 
     def other_dataset(self, name: str) -> Dataset:
         """Another dataset of the project (e.g. the training set, for leakage)."""

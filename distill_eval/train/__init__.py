@@ -1,12 +1,32 @@
-"""Training: the knowledge-distillation loss and a small zoo of reference architectures.
+"""Training: the knowledge-distillation loss, the reference trainer and a small zoo of architectures.
 
-``kd_loss`` is the loss of SPEC section 7; :mod:`distill_eval.train.zoo` holds the
-factories of the built-in default models, and ``python -m distill_eval.train.builtin``
-rebuilds their weights in ``distill_eval/train/weights/``.
+- :func:`kd_loss` is the loss of SPEC section 7, and :func:`distillation_loss`
+  the same with the teacher's errors filtered out;
+- :func:`load_train_config` reads a training config into a :class:`TrainConfig`,
+  and :func:`train` runs it (``distill-eval train CONFIG.toml``), writing the
+  student, an optional label-only control, ``manifest.json`` and a checkpoint;
+- :mod:`distill_eval.train.zoo` holds the factories of the built-in default
+  models, and ``python -m distill_eval.train.builtin`` rebuilds their weights
+  in ``distill_eval/train/weights/``.
+
+An example config: ``distill_eval/train/examples/digits.toml``.
 """
 
 from __future__ import annotations
 
+from distill_eval.train.config import AugmentOptions, DistillOptions, OutputOptions, TrainConfig, load_train_config
 from distill_eval.train.loss import kd_loss
+from distill_eval.train.trainer import TrainCallback, TrainResult, distillation_loss, train
 
-__all__ = ["kd_loss"]
+__all__ = [
+    "AugmentOptions",
+    "DistillOptions",
+    "OutputOptions",
+    "TrainCallback",
+    "TrainConfig",
+    "TrainResult",
+    "distillation_loss",
+    "kd_loss",
+    "load_train_config",
+    "train",
+]

@@ -1,0 +1,300 @@
+"""Kind ``latency``: is the student faster and smaller than the teacher, on this machine?
+
+Teacher and student are timed interleaved in one process (see
+:mod:`distill_eval.latency`): after ``warmup`` untimed calls of each, pairs of
+calls run in a seeded random order (teacher-then-student or the reverse), each
+call timed on its own, until ``min_time_s`` seconds of calls have been timed.
+Every call sees the same fixed batch: the first ``batch_size`` rows of the
+check's dataset (cycled if it has fewer). No labels and no model outputs are
+needed.
+
+Why gate on ratios: a shared CI runner is slower at some moments than at
+others, and by different amounts from one run to the next. Absolute
+milliseconds follow it: ``max = { student_p50_ms = 2 }`` can pass on a quiet
+machine and fail on a busy one with the same model. Because the two models
+are interleaved, call by call, both see the same noise at the same moments,
+so ``speedup`` (a ratio of medians taken from the same pairs) moves far less,
+and ``param_ratio`` and ``student_mb`` do not depend on the machine at all.
+
+Parameters (suite keys)
+-----------------------
+batch_size : int >= 1, default 1
+    Rows per timed call.
+warmup : int >= 0, default 10
+    Untimed calls of each model before timing.
+min_time_s : float > 0, default 1.0
+    Time pairs until the timed calls add up to this many seconds (both models).
+max_pairs : int >= 1, default 100000
+    A safety cap on the number of timed pairs.
+threads : int >= 1, optional
+    ``torch.set_num_threads`` while timing (restored afterwards), and ONNX
+    Runtime's intra-op threads; default: torch's current count.
+device : str, optional
+    Where the models must run: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
+    ``"auto"``. Models are timed where the session loaded them (the project's
+    ``device``, or ``--distill-device``); this key only asserts it, and a
+    mismatch is an error that says which device to configure. Loading a
+    second copy on another device would time a model the rest of the run
+    never evaluated.
+hourly_cost : float > 0, optional
+    Price of the machine per hour (any currency), for the cost metrics.
+
+Metrics
+-------
+student_p50_ms, student_p95_ms, student_p99_ms, teacher_p50_ms, teacher_p95_ms
+    Percentiles of per-call milliseconds (:func:`numpy.quantile`), with
+    distribution-free order-statistic intervals (binomial ranks; none when too
+    few calls were timed for the percentile, e.g. fewer than about 370 for p99
+    at 95%).
+speedup
+    ``teacher_p50_ms / student_p50_ms``; percentile-bootstrap interval over
+    timed pairs (both medians recomputed on the same resampled pairs).
+student_throughput
+    Examples per second: ``batch_size`` / the student's mean seconds per call;
+    BCa bootstrap interval over pairs.
+student_params, teacher_params, param_ratio
+    Parameter counts (when the format tells them) and teacher / student.
+    Exact: the interval is the value.
+student_mb
+    Serialised size in MB (10^6 bytes): the student's file(s) in the project
+    config (``path``, and ``weights``), or, without files, the size of
+    ``torch.save(module.state_dict())``. Exact.
+student_cost_per_1k, teacher_cost_per_1k
+    With ``hourly_cost``: the cost of serving 1000 examples one batch at a
+    time at the measured median latency,
+    ``hourly_cost / 3600 * p50_seconds / batch_size * 1000``; the interval is
+    the p50 interval, scaled. Undefined without ``hourly_cost``.
+
+Extras: ``pairs``, ``warmup``, ``measured_s``, ``threads``, ``batch_size``,
+``device``, ``timed`` (what was timed for each model), ``machine`` (CPU
+model, cores, versions, GPU name) and ``histogram`` (per model: 20 bins of
+per-call ms from the fastest call to the 99th percentile, ``edges``,
+``counts`` and ``above``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distill_eval import latency as L
+from distill_eval._tables import TableReader
+from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
+from distill_eval.errors import CheckError, DataError
+from distill_eval.metrics.stats import Statistic, bootstrap_intervals, weighted_sum
+
+if TYPE_CHECKING:
+    from distill_eval.config import ModelSpec
+    from distill_eval.models import Model
+
+COST_METRICS = ("student_cost_per_1k", "teacher_cost_per_1k")
+_DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
+    params = {
+        "batch_size": r.integer("batch_size", 1, minimum=1),
+        "warmup": r.integer("warmup", 10, minimum=0),
+        "min_time_s": r.number("min_time_s", 1.0, minimum=0, exclusive_minimum=True),
+        "max_pairs": r.integer("max_pairs", 100_000, minimum=1),
+        "threads": r.integer("threads", None, minimum=1),
+        "device": r.string("device", None),
+        "hourly_cost": r.number("hourly_cost", None, minimum=0, exclusive_minimum=True),
+    }
+    device = params["device"]
+    if device is not None:
+        kind, _, index = device.partition(":")
+        if kind not in _DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
+            raise r.error(f"'device' must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    bounded = set(r.table.get("min", {}) or {}) | set(r.table.get("max", {}) or {})
+    for name in COST_METRICS:
+        if name in bounded and params["hourly_cost"] is None:
+            raise r.error(f"a bound on '{name}' needs 'hourly_cost' (the machine's price per hour)")
+    return params
+
+
+def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    import torch
+
+    teacher, student = ctx.model(ctx.check.teacher), ctx.model(ctx.check.student)
+    _check_device(ctx, params["device"], teacher, student)
+    data = ctx.dataset
+    if data.n == 0:
+        raise DataError(f"dataset '{ctx.check.dataset}' has no examples to time the models on")
+    batch_size = params["batch_size"]
+    batch = data.x[np.arange(batch_size) % data.n]
+    threads = params["threads"] or torch.get_num_threads()
+    t_call, s_call = L.timed_call(teacher, batch, threads=threads), L.timed_call(student, batch, threads=threads)
+    timings = L.time_interleaved(
+        t_call,
+        s_call,
+        rng=ctx.rng_for("latency"),
+        warmup=params["warmup"],
+        min_time_s=params["min_time_s"],
+        max_pairs=params["max_pairs"],
+        threads=threads,
+    )
+    confidence = ctx.suite.confidence
+    t_ms, s_ms = timings.teacher_ns / 1e6, timings.student_ns / 1e6
+
+    metrics: dict[str, Metric] = {}
+    for who, ms, levels in (("student", s_ms, (50, 95, 99)), ("teacher", t_ms, (50, 95))):
+        for level in levels:
+            estimate, ci, note = L.quantile_interval(ms, level / 100, confidence=confidence)
+            metrics[f"{who}_p{level}_ms"] = Metric(estimate, ci, note)
+
+    boot = bootstrap_intervals(
+        {"speedup": _ratio_of_medians(t_ms, s_ms), "student_throughput": _throughput(s_ms, batch_size)},
+        timings.pairs,
+        n_resamples=ctx.suite.bootstrap,
+        confidence=confidence,
+        rng=ctx.rng_for("bootstrap"),
+        method={"speedup": "percentile", "student_throughput": "bca"},
+    )
+    for name in ("speedup", "student_throughput"):
+        r = boot[name]
+        ci = (r.low, r.high) if r.low is not None and r.high is not None else None
+        metrics[name] = Metric.of(r.estimate, ci, undefined="the student's median call took no measurable time")
+
+    t_params, s_params = teacher.params, student.params
+    metrics["student_params"] = _exact(s_params, f"model '{student.name}' ({student.format}) does not tell its size")
+    metrics["teacher_params"] = _exact(t_params, f"model '{teacher.name}' ({teacher.format}) does not tell its size")
+    metrics["param_ratio"] = (
+        _exact(t_params / s_params, "")
+        if t_params is not None and s_params
+        else Metric(None, None, "a parameter count is unknown (or the student's is 0)")
+    )
+    size, where = _serialized_bytes(ctx.project.models.get(ctx.check.student), student)
+    metrics["student_mb"] = _exact(None if size is None else size / 1e6, where)
+
+    hourly = params["hourly_cost"]
+    for name, p50 in (
+        ("student_cost_per_1k", metrics["student_p50_ms"]),
+        ("teacher_cost_per_1k", metrics["teacher_p50_ms"]),
+    ):
+        if hourly is None:
+            metrics[name] = Metric(None, None, "no 'hourly_cost' given")
+            continue
+        # hourly_cost / 3600 s * (p50_ms / 1000) s per batch / batch_size examples * 1000 examples
+        scale = hourly / 3600 / 1000 / batch_size * 1000
+        ci = (p50.ci[0] * scale, p50.ci[1] * scale) if p50.ci else None
+        metrics[name] = Metric(float(p50.value or 0.0) * scale, ci, p50.note)  # a percentile is never None
+
+    device = (
+        teacher.device
+        if teacher.device == student.device
+        else f"{teacher.device} (teacher), {student.device} (student)"
+    )
+    extras = {
+        "pairs": timings.pairs,
+        "warmup": timings.warmup,
+        "measured_s": round(timings.measured_s, 6),
+        "threads": timings.threads,
+        "batch_size": batch_size,
+        "device": device,
+        "timed": {"teacher": t_call.how, "student": s_call.how},
+        "machine": L.machine_info(student.device if student.device.startswith("cuda") else teacher.device),
+        "histogram": {"teacher": L.histogram(t_ms), "student": L.histogram(s_ms)},
+    }
+    return Measurement(metrics, extras=extras, n=timings.pairs)
+
+
+def _exact(value: float | None, undefined: str) -> Metric:
+    if value is None:
+        return Metric(None, None, undefined)
+    return Metric(float(value), (float(value), float(value)))
+
+
+def _ratio_of_medians(numerator: np.ndarray, denominator: np.ndarray) -> Statistic:
+    """``median(numerator) / median(denominator)`` on the same resampled pairs."""
+    top, bottom = L.weighted_median(numerator), L.weighted_median(denominator)
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        b = bottom(w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(b > 0, top(w) / np.where(b > 0, b, 1.0), np.nan)
+
+    return statistic
+
+
+def _throughput(ms: np.ndarray, batch_size: int) -> Statistic:
+    """Examples per second: ``batch_size * calls / total seconds``."""
+    seconds = np.asarray(ms, dtype=np.float64) / 1e3
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        total = weighted_sum(w, seconds)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(total > 0, batch_size * weighted_sum(w) / np.where(total > 0, total, 1.0), np.nan)
+
+    return statistic
+
+
+def _serialized_bytes(spec: ModelSpec | None, model: Model) -> tuple[int | None, str]:
+    """The model's file sizes from its config, else its torch state dict's; and why None if neither."""
+    import torch
+
+    files = [p for p in ((spec.path, spec.weights) if spec is not None else ()) if p is not None]
+    if files and all(Path(p).is_file() for p in files):
+        return sum(Path(p).stat().st_size for p in files), ""
+    if isinstance(model.module, torch.nn.Module):
+        buffer = io.BytesIO()
+        torch.save(model.module.state_dict(), buffer)
+        return buffer.getbuffer().nbytes, ""
+    return None, f"model '{model.name}' ({model.format}) has no file in the project config and is not a torch module"
+
+
+def _check_device(ctx: CheckContext, wanted: str | None, *models: Model) -> None:
+    """Models are timed where the session loaded them: a ``device`` key must name that device."""
+    if wanted is None:
+        return
+    import torch
+
+    from distill_eval.models import resolve_device
+
+    target = _normalised(resolve_device(wanted))
+    for model in models:
+        if _normalised(model.device) != target:
+            runs = "is loaded on" if isinstance(model.module, torch.nn.Module) else f"({model.format}) runs on"
+            raise CheckError(
+                f"check '{ctx.check.id}' (latency) asks for device {wanted!r}, but model '{model.name}' {runs} "
+                f"{model.device!r}; models are timed where the session loaded them, so 'device' must match the "
+                f"configured device: set device = {wanted!r} in [tool.distill_eval] or pass "
+                f"--distill-device {wanted}, or drop 'device' from the check"
+            )
+
+
+def _normalised(device: str) -> tuple[str, int]:
+    import torch
+
+    d = torch.device(device)
+    if d.index is not None:
+        return d.type, d.index
+    if d.type == "cuda" and torch.cuda.is_available():
+        return d.type, torch.cuda.current_device()
+    return d.type, 0
+
+
+KIND = CheckKind(
+    name="latency",
+    metrics=(
+        "student_p50_ms",
+        "student_p95_ms",
+        "student_p99_ms",
+        "teacher_p50_ms",
+        "teacher_p95_ms",
+        "speedup",
+        "student_throughput",
+        "student_params",
+        "teacher_params",
+        "param_ratio",
+        "student_mb",
+        "student_cost_per_1k",
+        "teacher_cost_per_1k",
+    ),
+    read_params=read_params,
+    compute=compute,
+)

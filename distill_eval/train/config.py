@@ -1,0 +1,300 @@
+"""Training configs (SPEC section 7): TOML -> frozen :class:`TrainConfig`, validated before anything loads.
+
+A training config has the tables ``[data]``, ``[teacher]``, ``[student]``,
+``[distill]`` and ``[output]``, and optionally ``[augment]``::
+
+    [data]
+    train = { source = "sklearn:digits", split = "train" }   # any dataset spec, inline
+    val = { source = "sklearn:digits", split = "test" }
+
+    [teacher]
+    path = "teacher.pt"                  # any model spec the plugin loads
+
+    [student]
+    factory = "mystudent:build"          # callable returning an nn.Module (cwd is importable)
+    kwargs = {}                          # optional keyword arguments for the factory
+    # weights = "init.pt"                # optional: start from these weights (a state dict)
+
+    [distill]
+    epochs = 40                          # the only required key of [distill]
+    temperature = 4.0                    # T > 0
+    alpha = 0.9                          # weight of the teacher's soft targets, in [0, 1]
+    batch_size = 64
+    lr = 0.003                           # Adam
+    weight_decay = 0.0
+    seed = 0
+    control = false                      # also train the same student on labels alone
+    offline = false                      # teacher logits computed once, through the output cache
+    filter_teacher_errors = "none"       # "none" | "drop" | "relabel"
+    schedule = "constant"                # "constant" | "cosine" (per epoch, down to 0)
+    patience = 0                         # early stopping on val_agreement; 0: off
+    device = "auto"                      # "cpu", "cuda", "cuda:N", "auto"
+    precision = "fp32"                   # "fp32" | "bf16" (autocast, CUDA only) | "auto"
+    teacher_batch_size = 256             # inference batch for the teacher's cached logits
+    cache_dir = ".distill_cache"         # the output cache (default: .distill_cache in the current folder)
+
+    [augment]
+    noise_std = 0.0                      # gaussian noise added to every training input
+
+    [output]
+    dir = "runs/digits"
+    format = "export"                    # "export" (.pt2) | "torchscript" (.pt)
+
+Relative paths (data files, model files, ``cache_dir``, ``[output] dir``) are
+resolved against the config file's folder, as in suite files; without
+``cache_dir`` the cache is ``.distill_cache`` in the current folder, where
+``pytest --distill`` keeps it when run from the project root. Every mistake is
+a :class:`~distill_eval.errors.ConfigError` naming the file, the table, the
+key and, for a misspelt key, the nearest valid one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from distill_eval._tables import TableReader
+from distill_eval.config import (
+    DatasetSpec,
+    ModelSpec,
+    _check_device,
+    _resolve,
+    dataset_spec_from_table,
+    model_spec_from_table,
+    read_toml,
+)
+from distill_eval.errors import ConfigError
+
+__all__ = [
+    "FILTERS",
+    "AugmentOptions",
+    "DistillOptions",
+    "OutputOptions",
+    "TrainConfig",
+    "load_train_config",
+    "parse_train_config",
+]
+
+FILTERS = ("none", "drop", "relabel")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16", "auto")
+FORMATS = ("export", "torchscript")
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """The ``[distill]`` table: the loss and the optimisation recipe.
+
+    ``alpha`` weighs the teacher's soft targets: the loss is
+    ``(1 - alpha) * CE + alpha * T**2 * KL`` (:func:`~distill_eval.train.kd_loss`).
+    ``filter_teacher_errors`` treats the examples whose label the teacher gets
+    wrong: ``"drop"`` leaves them out of the soft term, ``"relabel"`` trains them
+    on the hard label alone (see :func:`~distill_eval.train.distillation_loss`).
+    """
+
+    epochs: int
+    temperature: float = 4.0
+    alpha: float = 0.9
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    control: bool = False
+    offline: bool = False
+    filter_teacher_errors: str = "none"
+    schedule: str = "constant"
+    patience: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    teacher_batch_size: int = 256
+    cache_dir: Path = Path(".distill_cache")
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """The optional ``[augment]`` table: ``noise_std`` adds N(0, noise_std²) noise to every training input."""
+
+    noise_std: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_std > 0
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """The ``[output]`` table: where the run goes and how the models are serialised."""
+
+    dir: Path
+    format: str = "export"
+
+    @property
+    def suffix(self) -> str:
+        """``".pt2"`` for torch.export programs, ``".pt"`` for TorchScript."""
+        return ".pt2" if self.format == "export" else ".pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A validated training config.
+
+    Attributes
+    ----------
+    train, val : DatasetSpec
+        ``[data] train`` and ``[data] val``; both need labels.
+    teacher : ModelSpec
+        ``[teacher]``: any model the plugin loads.
+    student : ModelSpec
+        ``[student]``: a ``factory`` (with optional ``kwargs`` and initial ``weights``).
+    distill : DistillOptions
+    augment : AugmentOptions
+    output : OutputOptions
+    file : Path or None
+        The config file, for messages and the manifest.
+    document : mapping
+        The TOML document as written, recorded in the manifest.
+    """
+
+    train: DatasetSpec
+    val: DatasetSpec
+    teacher: ModelSpec
+    student: ModelSpec
+    distill: DistillOptions
+    output: OutputOptions
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
+    file: Path | None = None
+    document: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def with_output_dir(self, directory: str | Path) -> TrainConfig:
+        """A copy writing into ``directory`` instead of ``[output] dir``."""
+        return replace(self, output=replace(self.output, dir=Path(directory)))
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training config file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.toml`` file; relative paths inside it are resolved against its folder.
+
+    Returns
+    -------
+    TrainConfig
+
+    Raises
+    ------
+    ConfigError
+        For TOML syntax errors, missing tables or keys, unknown keys (with the
+        nearest valid name), wrong types and out-of-range values.
+
+    Examples
+    --------
+    >>> config = load_train_config("distill_eval/train/examples/digits.toml")  # doctest: +SKIP
+    >>> config.distill.temperature  # doctest: +SKIP
+    4.0
+    """
+    path = Path(path)
+    return parse_train_config(read_toml(path), file=path, base=path.resolve().parent)
+
+
+def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None = None, base: Path) -> TrainConfig:
+    """Validate an already parsed training config; relative paths are resolved against ``base``."""
+    name = str(file) if file is not None else "<training config>"
+    # Unknown keys are reported before missing ones: a misspelt required key gets its "did you mean".
+    top = TableReader(document, file=name)
+    tables = {key: top.table_of(key, None) for key in ("data", "teacher", "student", "distill", "output")}
+    augment_table = top.table_of("augment", {})
+    top.finish()
+    for key, table in tables.items():
+        if table is None:
+            raise top.error(f"missing required table [{key}] (see SPEC section 7 for an example config)")
+    data_table, teacher_table, student_table, distill_table, output_table = tables.values()
+
+    r = TableReader(data_table, file=name, where="[data]")
+    data = {key: r.table_of(key, None) for key in ("train", "val")}
+    r.finish()
+    for key, table in data.items():
+        if table is None:
+            raise r.error(f"missing required key '{key}' (an inline dataset table, e.g. {{ path = \"{key}.npz\" }})")
+    train = dataset_spec_from_table("train", data["train"], file=name, base=base, where="[data] train")
+    val = dataset_spec_from_table("val", data["val"], file=name, base=base, where="[data] val")
+
+    teacher = model_spec_from_table("teacher", teacher_table, file=name, base=base, where="[teacher]")
+    if teacher.path is None and teacher.factory is None:
+        raise ConfigError("set 'path' (a saved model) or 'factory' (+ 'weights')", file=name, where="[teacher]")
+    student = model_spec_from_table("student", student_table, file=name, base=base, where="[student]")
+    if student.factory is None:
+        raise ConfigError(
+            "set 'factory' ('package.module:callable' returning an untrained nn.Module); a saved model "
+            "('path') cannot be trained here, but its weights can start the student: 'factory' + 'weights'",
+            file=name,
+            where="[student]",
+        )
+
+    distill = _distill_options(TableReader(distill_table, file=name, where="[distill]"), base)
+
+    r = TableReader(augment_table, file=name, where="[augment]")
+    augment = AugmentOptions(noise_std=r.number("noise_std", 0.0, minimum=0))
+    r.finish()
+    if distill.offline and augment.enabled:
+        raise ConfigError(
+            f"'offline = true' cannot be used with data augmentation ([augment] noise_std = {augment.noise_std:g}): "
+            "offline mode caches the teacher's logits for the clean inputs once, but the student would see "
+            "different, noisy inputs every epoch; set offline = false (the teacher then runs on every augmented "
+            "batch) or remove the augmentation",
+            file=name,
+            where="[distill]",
+        )
+
+    r = TableReader(output_table, file=name, where="[output]")
+    directory = r.string("dir", None)
+    output_format = r.string("format", "export", choices=FORMATS)
+    r.finish()
+    if directory is None:
+        raise r.error("missing required key 'dir' (the folder the student, manifest and checkpoint go to)")
+    if not directory:
+        raise r.error("'dir' must be a non-empty path")
+    output = OutputOptions(dir=_resolve(base, directory), format=output_format)
+
+    return TrainConfig(
+        train=train,
+        val=val,
+        teacher=teacher,
+        student=student,
+        distill=distill,
+        output=output,
+        augment=augment,
+        file=Path(file) if file is not None else None,
+        document=dict(document),
+    )
+
+
+def _distill_options(r: TableReader, base: Path) -> DistillOptions:
+    epochs = r.integer("epochs", None, minimum=1)
+    options = DistillOptions(
+        epochs=epochs,
+        temperature=r.number("temperature", 4.0, minimum=0, exclusive_minimum=True),
+        alpha=r.number("alpha", 0.9, minimum=0, maximum=1),
+        batch_size=r.integer("batch_size", 64, minimum=1),
+        lr=r.number("lr", 1e-3, minimum=0, exclusive_minimum=True),
+        weight_decay=r.number("weight_decay", 0.0, minimum=0),
+        seed=r.integer("seed", 0, minimum=0),
+        control=r.boolean("control", False),
+        offline=r.boolean("offline", False),
+        filter_teacher_errors=r.string("filter_teacher_errors", "none", choices=FILTERS),
+        schedule=r.string("schedule", "constant", choices=SCHEDULES),
+        patience=r.integer("patience", 0, minimum=0),
+        device=r.string("device", "auto"),
+        precision=r.string("precision", "fp32", choices=PRECISIONS),
+        teacher_batch_size=r.integer("teacher_batch_size", 256, minimum=1),
+        # Unset, the cache is the plugin's default one in the folder the command runs in (the project root).
+        cache_dir=_resolve(base, r.string("cache_dir")) if r.has("cache_dir") else Path.cwd() / ".distill_cache",
+    )
+    _check_device(options.device, r)
+    r.finish()
+    if epochs is None:
+        raise r.error("missing required key 'epochs'")
+    return options

@@ -1,0 +1,912 @@
+"""The reference distillation trainer (SPEC section 7): ``distill-eval train CONFIG.toml``.
+
+:func:`train` reads a validated :class:`~distill_eval.train.config.TrainConfig`
+and runs up to two *phases* with the same architecture, recipe and seed:
+
+- ``"student"``: the student learns from the labels and the teacher's soft
+  targets (:func:`distillation_loss`);
+- ``"control"`` (with ``control = true``): the same student on the labels
+  alone; the teacher is never called while it trains.
+
+Into ``[output] dir`` it writes ``student.pt2`` (and ``control.pt2``):
+torch.export programs with a dynamic batch dimension (``.pt`` TorchScript with
+``[output] format = "torchscript"``); ``manifest.json`` (the config, the
+teacher's sha256, the data hashes, the seed, the environment and ``epochs``:
+one record per epoch, rewritten after every epoch); and ``checkpoint.pt``,
+written atomically after every epoch with the model, optimizer, scheduler and
+every random-number state, so ``--resume`` continues a run exactly where it
+stopped (N epochs straight and N/2 + resume + N/2 give the same weights).
+
+The teacher is loaded with the plugin's loaders, put in eval mode with its
+parameters frozen, called only under ``torch.no_grad`` and never wrapped in
+anything. Its validation logits, and in offline mode its training logits,
+come from the plugin's output cache (the same entries ``pytest --distill``
+reads and writes), indexed by example row, never by batch order.
+
+Only one process trains for now; the batch order is drawn in one place
+(``_Phase._epoch_rows``) so that a distributed run can later take its shard
+of the same permutation there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill_eval._hashing import sha256_file
+from distill_eval._io import atomic_write
+from distill_eval.data import Dataset, load_dataset
+from distill_eval.errors import ConfigError, DataError, ModelError
+from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
+from distill_eval.outputs import OutputCache, compute_logits
+from distill_eval.results import environment
+from distill_eval.session import output_cache_key
+from distill_eval.train.config import FILTERS, TrainConfig
+from distill_eval.train.loss import kd_loss
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "MANIFEST_FILE",
+    "PHASES",
+    "TrainCallback",
+    "TrainResult",
+    "distillation_loss",
+    "train",
+]
+
+PHASES = ("student", "control")
+CHECKPOINT_FILE = "checkpoint.pt"
+MANIFEST_FILE = "manifest.json"
+#: bump when the checkpoint layout changes; an older checkpoint is refused, never misread
+CHECKPOINT_FORMAT = 1
+MANIFEST_SCHEMA = 1
+#: examples of the training set checked against the live teacher in offline mode
+PROBE_SIZE = 32
+# Keys whose change does not break an exact resume: where outputs go, and the device.
+_RESUMABLE_CHANGES = ("output.", "distill.device")
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    filter_teacher_errors: str = "none",
+) -> torch.Tensor:
+    r""":func:`~distill_eval.train.kd_loss`, optionally without the teacher's wrong answers.
+
+    An example is a *teacher error* when the teacher's top-1 class differs from
+    its label. With :math:`C` the examples the teacher gets right, :math:`W` the
+    others, :math:`n = |C| + |W|`, :math:`\mathrm{CE}_S` and :math:`\mathrm{KL}_S`
+    averaged over the examples of :math:`S`:
+
+    - ``"none"``: ``kd_loss`` on the whole batch,
+      :math:`(1-\alpha)\,\mathrm{CE}_{C \cup W} + \alpha T^2\,\mathrm{KL}_{C \cup W}`;
+    - ``"drop"``: teacher errors leave the soft term, which averages over the rest,
+      :math:`(1-\alpha)\,\mathrm{CE}_{C \cup W} + \alpha T^2\,\mathrm{KL}_C`
+      (no soft term when :math:`C` is empty);
+    - ``"relabel"``: teacher errors are trained on their hard label alone, every
+      example weighing the same,
+      :math:`\frac{1}{n}\big[\sum_{i \in W} \mathrm{CE}_i
+      + \sum_{i \in C} ((1-\alpha)\,\mathrm{CE}_i + \alpha T^2\,\mathrm{KL}_i)\big]`.
+
+    Every term is computed by ``kd_loss`` (float32, from log-softmax, KL with
+    batchmean reduction); with no teacher errors in the batch all three agree.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : tensor of shape (n_samples, n_classes)
+    labels : tensor of shape (n_samples,)
+    temperature, alpha : float
+        As in :func:`~distill_eval.train.kd_loss`.
+    filter_teacher_errors : {"none", "drop", "relabel"}
+
+    Returns
+    -------
+    tensor of shape ()
+    """
+    if filter_teacher_errors not in FILTERS:
+        raise ValueError(f"filter_teacher_errors must be one of {FILTERS}, got {filter_teacher_errors!r}")
+    if filter_teacher_errors == "none":
+        return kd_loss(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha)
+    correct = teacher_logits.argmax(dim=1) == labels
+    # kd_loss with alpha = 0 is the cross-entropy alone, with alpha = 1 the T²-scaled KL alone.
+    loss = (1.0 - alpha) * kd_loss(student_logits, teacher_logits, labels, temperature=temperature, alpha=0.0)
+    n, n_correct = labels.shape[0], int(correct.sum())
+    if n_correct:
+        soft = kd_loss(
+            student_logits[correct], teacher_logits[correct], labels[correct], temperature=temperature, alpha=1.0
+        )
+        loss = loss + alpha * (soft if filter_teacher_errors == "drop" else soft * (n_correct / n))
+    if filter_teacher_errors == "relabel" and n_correct < n:
+        wrong = ~correct
+        hard = kd_loss(student_logits[wrong], teacher_logits[wrong], labels[wrong], temperature=temperature, alpha=0.0)
+        loss = loss + alpha * hard * ((n - n_correct) / n)
+    return loss
+
+
+class TrainCallback:
+    """Hooks into a training run; subclass and override what you need. Every method does nothing by default.
+
+    A callback that raises stops the run; the checkpoint of the last finished
+    epoch is already on disk, so ``resume=True`` continues from there.
+    """
+
+    def on_phase_start(self, phase: str) -> None:
+        """Called before the first epoch of ``phase`` trained in this run ("student" or "control")."""
+
+    def on_batch(
+        self, phase: str, epoch: int, rows: torch.Tensor, teacher_logits: torch.Tensor | None, loss: torch.Tensor
+    ) -> None:
+        """After each optimiser step: the dataset rows of the batch, the teacher's logits used for them
+        (None in the control phase) and the batch loss."""
+
+    def on_epoch_end(self, phase: str, record: Mapping[str, float]) -> None:
+        """After each epoch, once its checkpoint and manifest are written."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes
+    ----------
+    output_dir : Path
+    manifest : dict
+        The content of ``manifest.json``.
+    finished : bool
+        False when the run stopped early on ``max_epochs_this_run``; resume it.
+    """
+
+    output_dir: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.output_dir / MANIFEST_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_FILE
+
+    @property
+    def student_path(self) -> Path | None:
+        file = (self.manifest.get("student") or {}).get("file")
+        return self.output_dir / file if file else None
+
+    @property
+    def control_path(self) -> Path | None:
+        file = (self.manifest.get("control") or {}).get("file")
+        return self.output_dir / file if file else None
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        """The student's per-epoch records."""
+        return list(self.manifest.get("epochs", []))
+
+    @property
+    def control_epochs(self) -> list[dict[str, Any]]:
+        return list((self.manifest.get("control") or {}).get("epochs", []))
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    teacher: Any = None,
+    callbacks: Sequence[TrainCallback] = (),
+    log: Callable[[str], None] | None = print,
+    use_cache: bool = True,
+    max_epochs_this_run: int | None = None,
+) -> TrainResult:
+    """Distil a student (and train a control) as ``config`` says, writing into ``config.output.dir``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        From :func:`~distill_eval.train.load_train_config`.
+    resume : bool, default False
+        Continue the run whose ``checkpoint.pt`` is in the output folder (start
+        afresh when there is none). The config must be the same, apart from
+        ``[output]`` and ``device``, and so must the teacher's and data's content.
+    overwrite : bool, default False
+        Start afresh even if the output folder holds a run. Without ``resume``
+        or ``overwrite`` an existing checkpoint is an error, never clobbered.
+    teacher : nn.Module or Model, optional
+        Use this teacher instead of loading ``[teacher]`` (for notebooks and tests).
+    callbacks : sequence of TrainCallback
+    log : callable or None, default print
+        Receives one line per epoch and a few progress lines.
+    use_cache : bool, default True
+        Read and write teacher logits in the output cache (``[distill] cache_dir``).
+    max_epochs_this_run : int, optional
+        Stop (resumably) after this many epochs; for preemptible jobs and tests.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ConfigError, DataError, ModelError
+        A mistake in the config, data or models, as a sentence.
+    """
+    if max_epochs_this_run is not None and max_epochs_this_run < 0:
+        raise ValueError(f"max_epochs_this_run must be >= 0, got {max_epochs_this_run}")
+    say = log or (lambda message: None)
+    out = Path(config.output.dir)
+    checkpoint_path = out / CHECKPOINT_FILE
+    saved = _start(config, checkpoint_path, resume=resume, overwrite=overwrite, say=say)
+
+    device = resolve_device(config.distill.device)
+    fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    # Every draw below comes from seeds in the config; the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=fork_devices):
+        run = _Run(config, device, teacher=teacher, use_cache=use_cache, say=say)
+        if saved is not None:
+            run.check_resumable(saved)
+        state = saved or {
+            "format": CHECKPOINT_FORMAT,
+            "config_json": _config_json(config),
+            "created": _now(),
+            "identity": run.identity(),
+            "phases": {},
+        }
+        try:
+            manifest = _run_phases(run, state, out, callbacks=callbacks, budget=max_epochs_this_run)
+        except BaseException:
+            # A crash or Ctrl-C: the checkpoint of the last finished epoch is on disk; say so in the manifest.
+            with contextlib.suppress(Exception):
+                _write_manifest(run, state, out, status="interrupted", current=None)
+            raise
+    if manifest["finished"]:
+        say(f"wrote {out / MANIFEST_FILE}")
+    else:
+        say(f"stopped after the epochs allowed for this run; continue with --resume ({checkpoint_path})")
+    return TrainResult(out, manifest, finished=manifest["finished"])
+
+
+def _run_phases(
+    run: _Run, state: dict[str, Any], out: Path, *, callbacks: Sequence[TrainCallback], budget: int | None
+) -> dict[str, Any]:
+    """Train the phases not yet done, checkpointing after every epoch; returns the manifest written last."""
+    checkpoint_path = out / CHECKPOINT_FILE
+    phases = [p for p in PHASES if p == "student" or run.config.distill.control]
+    for name in phases:
+        phase = _Phase(run, name, state["phases"].get(name))
+        if phase.done:
+            if not (out / phase.file_name).is_file():
+                phase.export(out / phase.file_name)
+            run.finished_phases[name] = phase
+            continue
+        for callback in callbacks:
+            callback.on_phase_start(name)
+        while not phase.complete:
+            if budget is not None and budget <= 0:
+                return _write_manifest(run, state, out, status="interrupted", current=phase)
+            record = phase.run_epoch(callbacks)
+            if budget is not None:
+                budget -= 1
+            state["phases"][name] = phase.state_dict()
+            _save_checkpoint(checkpoint_path, state)
+            _write_manifest(run, state, out, status="running", current=phase)
+            run.say(phase.describe(record))
+            for callback in callbacks:
+                callback.on_epoch_end(name, dict(record))
+        phase.finish()
+        phase.export(out / phase.file_name)
+        state["phases"][name] = phase.state_dict()
+        _save_checkpoint(checkpoint_path, state)
+        run.finished_phases[name] = phase
+        run.say(f"{name}: wrote {out / phase.file_name}")
+    return _write_manifest(run, state, out, status="finished", current=None)
+
+
+# -- the run: data, teacher and its logits, shared by both phases -------------
+
+
+class _Run:
+    """Everything both phases share: config, device, data tensors, the teacher and its logits."""
+
+    def __init__(self, config: TrainConfig, device: str, *, teacher: Any, use_cache: bool, say: Callable[[str], None]):
+        self.config = config
+        self.device = device
+        self.say = say
+        self.bf16 = _use_bf16(config, device)
+        self.cache = OutputCache(config.distill.cache_dir, enabled=use_cache)
+        self.finished_phases: dict[str, _Phase] = {}
+        self.train_data = _labelled(load_dataset(config.train), "train")
+        self.val_data = _labelled(load_dataset(config.val), "val")
+        self.train_x = torch.from_numpy(self.train_data.x)
+        self.train_y = torch.from_numpy(self.train_data.y)
+        self.val_x = torch.from_numpy(self.val_data.x)
+        self.val_y = torch.from_numpy(self.val_data.y)
+
+        self.teacher, self.teacher_fingerprint = self._load_teacher(teacher)
+        self.teacher_sha256 = _teacher_sha256(config, teacher)
+        self.teacher_info: dict[str, Any] = {}
+        val_logits = self._teacher_logits(self.val_data)
+        self.n_classes = int(val_logits.shape[1])
+        self.teacher_val_preds = torch.from_numpy(val_logits.argmax(axis=1))
+        self.train_teacher_logits: torch.Tensor | None = None
+        if config.distill.offline:
+            logits = self._teacher_logits(self.train_data)
+            self._probe(logits)
+            self.train_teacher_logits = torch.from_numpy(logits)
+        for data in (self.train_data, self.val_data):
+            if int(data.y.max()) >= self.n_classes:
+                raise DataError(
+                    f"dataset '{data.name}' ({data.source}) has label {int(data.y.max())}, but the teacher "
+                    f"({config.teacher.describe()}) has only {self.n_classes} classes"
+                )
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption: the teacher and the data."""
+        return {
+            "teacher": self.teacher_fingerprint,
+            "train": self.train_data.sha256,
+            "val": self.val_data.sha256,
+        }
+
+    def check_resumable(self, saved: Mapping[str, Any]) -> None:
+        changed = [key for key, value in self.identity().items() if saved.get("identity", {}).get(key) != value]
+        if changed:
+            raise ConfigError(
+                f"cannot resume: the content of {' and '.join(changed)} changed since the checkpoint was written; "
+                "start over with --overwrite",
+                file=_str(self.config.file),
+            )
+
+    # -- teacher ---------------------------------------------------------------
+
+    def _load_teacher(self, injected: Any) -> tuple[Model, str | None]:
+        if injected is not None:
+            model = wrap_model("teacher", injected, device=self.device, format="object")
+        else:
+            model = load_model(self.config.teacher, device=self.device)
+        module = model.module
+        if isinstance(module, nn.Module):
+            with contextlib.suppress(NotImplementedError):  # torch.export programs are captured in eval mode
+                module.eval()
+            module.requires_grad_(False)
+        if injected is not None:
+            # An object passed in has no files to identify it; its logits are computed, never cached.
+            self.cacheable = False
+            return model, parameter_fingerprint(model)
+        self.cacheable = True
+        return model, model_fingerprint(self.config.teacher) or parameter_fingerprint(model)
+
+    def _teacher_logits(self, data: Dataset) -> np.ndarray:
+        """The teacher's logits on every row of ``data``, through the output cache, in row order."""
+        batch_size = self.config.distill.teacher_batch_size
+        key = None
+        if self.cacheable and self.teacher_fingerprint is not None:
+            key = output_cache_key(self.teacher_fingerprint, data, device=self.device, batch_size=batch_size)
+        logits, _, warning = self.cache.load(key) if key else (None, {}, None)
+        if warning:
+            self.say(warning)
+        if logits is not None and logits.shape[0] == data.n:
+            self.say(f"teacher on {data.name}: {data.n} examples from cache")
+            self.teacher_info[data.name] = {"source": "cache", "cache_key": key}
+            return np.asarray(logits, dtype=np.float32)
+        start = time.perf_counter()
+        logits = compute_logits(
+            self.teacher.predict_logits, data.x, batch_size=batch_size, model="teacher", dataset=data.name
+        )
+        self.say(f"teacher on {data.name}: {data.n} examples in {time.perf_counter() - start:.2f} s")
+        if key:
+            self.cache.store(
+                key,
+                logits,
+                {
+                    "model": "teacher",
+                    "dataset": data.name,
+                    "fingerprint": self.teacher_fingerprint,
+                    "dataset_sha256": data.sha256,
+                    "params": self.teacher.params,
+                    "format": self.teacher.format,
+                },
+            )
+        self.teacher_info[data.name] = {"source": "computed", "cache_key": key}
+        return logits
+
+    def _probe(self, logits: np.ndarray) -> None:
+        """Offline mode: check rows spread over the training set against the live teacher."""
+        n = len(logits)
+        rows = np.unique(np.linspace(0, n - 1, min(n, PROBE_SIZE)).round().astype(np.int64))
+        live = compute_logits(
+            self.teacher.predict_logits,
+            self.train_data.x[rows],
+            batch_size=len(rows),
+            model="teacher",
+            dataset=f"{self.train_data.name} (probe)",
+        )
+        if not np.allclose(live, logits[rows], rtol=1e-4, atol=1e-4):
+            worst = float(np.max(np.abs(live - logits[rows])))
+            raise ModelError(
+                f"offline distillation: the teacher's cached logits for dataset '{self.train_data.name}' do not "
+                f"match the live teacher on a probe batch of {len(rows)} examples (largest difference {worst:.3g}); "
+                f"the cache in {self.config.distill.cache_dir} is stale or the teacher is not deterministic. "
+                "Delete that cache folder, or train with offline = false"
+            )
+
+    def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for one batch already on the device, without gradients."""
+        module = self.teacher.module
+        if isinstance(module, nn.Module):
+            with torch.no_grad(), self.autocast():
+                return _as_logits(module(x), "teacher").float()
+        logits = self.teacher.predict_logits(x.detach().cpu().numpy())
+        return torch.as_tensor(np.asarray(logits), dtype=torch.float32, device=x.device)
+
+    # -- student ---------------------------------------------------------------
+
+    def build_student(self) -> nn.Module:
+        """A fresh student from ``[student]`` (seed the global RNG first), in train mode on the device."""
+        model = load_model(self.config.student, device=self.device)
+        module = model.module
+        if not isinstance(module, nn.Module):
+            raise ModelError(
+                f"model 'student': factory {self.config.student.factory!r} returned {type(module).__name__}; "
+                "the trainer needs a torch.nn.Module"
+            )
+        with torch.no_grad():
+            probe = _as_logits(module(self.val_x[:2].to(self.device)), "student")
+        if probe.ndim != 2 or probe.shape[1] != self.n_classes:
+            raise ModelError(
+                f"model 'student' ({self.config.student.describe()}) returns outputs of shape {tuple(probe.shape)} "
+                f"for an input batch of shape {tuple(self.val_x[:2].shape)}, but the teacher "
+                f"({self.config.teacher.describe()}) returns logits over {self.n_classes} classes "
+                f"(shape (2, {self.n_classes})); teacher and student must have the same number of classes"
+            )
+        return module.train()
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+# -- one phase: a student (or the control) trained epoch by epoch -------------
+
+
+class _Phase:
+    """One model's training: its optimiser, schedule, random streams and records, checkpointable."""
+
+    def __init__(self, run: _Run, name: str, saved: Mapping[str, Any] | None):
+        self.run = run
+        self.name = name
+        self.options = options = run.config.distill
+        self.file_name = name + run.config.output.suffix
+        self.uses_teacher = name == "student"
+        # The same seed for both phases: the control starts from the student's initial weights
+        # and sees the same batches in the same order.
+        torch.manual_seed(options.seed)
+        self.model = run.build_student()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=options.epochs)
+            if options.schedule == "cosine"
+            else None
+        )
+        self.order = torch.Generator().manual_seed(options.seed)
+        self.noise = torch.Generator().manual_seed(options.seed + 1)
+        self.records: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.done = False
+        self.selected_epoch: int | None = None
+        self._seconds = 0.0
+        if saved is not None:
+            self.load_state_dict(saved)
+
+    @property
+    def epoch(self) -> int:
+        return len(self.records)
+
+    @property
+    def complete(self) -> bool:
+        return self.epoch >= self.options.epochs or self.stopped_early
+
+    # -- training ----------------------------------------------------------------
+
+    def _epoch_rows(self) -> Iterator[torch.Tensor]:
+        """This epoch's batches of dataset rows: one seeded permutation, cut in batch_size pieces.
+
+        The one place the batch order is drawn; a distributed run would take its
+        rank's shard of the same permutation here (e.g. ``perm[rank::world_size]``).
+        """
+        perm = torch.randperm(len(self.run.train_x), generator=self.order)
+        yield from perm.split(self.options.batch_size)
+
+    def run_epoch(self, callbacks: Sequence[TrainCallback]) -> dict[str, Any]:
+        run, options = self.run, self.options
+        epoch = self.epoch + 1
+        start = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.model.train()
+        total = torch.zeros((), dtype=torch.float64, device=run.device)
+        for rows in self._epoch_rows():
+            x = run.train_x[rows]
+            if run.config.augment.enabled:
+                x = x + torch.randn(x.shape, generator=self.noise) * run.config.augment.noise_std
+            x = x.to(run.device)
+            y = run.train_y[rows].to(run.device)
+            with run.autocast():
+                logits = _as_logits(self.model(x), "student")
+            teacher_logits = None
+            if self.uses_teacher:
+                if run.train_teacher_logits is not None:
+                    teacher_logits = run.train_teacher_logits[rows].to(run.device)  # by row, never by batch order
+                else:
+                    teacher_logits = run.teacher_forward(x)
+                loss = distillation_loss(
+                    logits,
+                    teacher_logits,
+                    y,
+                    temperature=options.temperature,
+                    alpha=options.alpha,
+                    filter_teacher_errors=options.filter_teacher_errors,
+                )
+            else:
+                loss = F.cross_entropy(logits.float(), y)  # the control: labels only
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach().double() * len(rows)
+            for callback in callbacks:
+                callback.on_batch(self.name, epoch, rows, teacher_logits, loss.detach())
+        if self.scheduler is not None:
+            self.scheduler.step()
+        train_loss = float(total) / len(run.train_x)
+        if not np.isfinite(train_loss):
+            raise ModelError(
+                f"{self.name} training diverged in epoch {epoch}: the loss is {train_loss}; lower [distill] lr "
+                f"(now {options.lr:g})"
+            )
+        accuracy, agreement = self.evaluate()
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_accuracy": accuracy,
+            "val_agreement": agreement,
+            "lr": lr,
+        }
+        self.records.append(record)
+        self._track_best(record)
+        self._seconds = time.perf_counter() - start
+        return record
+
+    def evaluate(self) -> tuple[float, float]:
+        """Top-1 accuracy against the labels and top-1 agreement with the teacher on the validation set."""
+        run = self.run
+        self.model.eval()
+        preds = []
+        with torch.no_grad(), run.autocast():
+            for x in run.val_x.split(self.options.teacher_batch_size):
+                preds.append(_as_logits(self.model(x.to(run.device)), self.name).float().argmax(dim=1).cpu())
+        self.model.train()
+        pred = torch.cat(preds)
+        accuracy = float((pred == run.val_y).double().mean())
+        agreement = float((pred == run.teacher_val_preds).double().mean())
+        return accuracy, agreement
+
+    def _track_best(self, record: Mapping[str, Any]) -> None:
+        """Early stopping: the student on validation agreement, the control on validation accuracy.
+
+        The control never selects on the teacher: choosing its epoch by agreement
+        would leak the teacher into the model meant to show what labels alone give.
+        """
+        if self.options.patience == 0:
+            return
+        score = record["val_agreement" if self.uses_teacher else "val_accuracy"]
+        if self.best is None or score > self.best["score"]:
+            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best = {"epoch": record["epoch"], "score": score, "model": state}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+            self.stopped_early = self.bad_epochs >= self.options.patience
+
+    def finish(self) -> None:
+        """After the last epoch: keep the best epoch's weights when early stopping is on."""
+        if self.best is not None:
+            self.model.load_state_dict(self.best["model"])
+            self.selected_epoch = int(self.best["epoch"])
+        else:
+            self.selected_epoch = self.epoch
+        self.done = True
+
+    def describe(self, record: Mapping[str, Any]) -> str:
+        width = len(str(self.options.epochs))
+        return (
+            f"{self.name:<7} epoch {record['epoch']:>{width}}/{self.options.epochs}  "
+            f"train_loss {record['train_loss']:.4f}  val_accuracy {record['val_accuracy']:.4f}  "
+            f"val_agreement {record['val_agreement']:.4f}  lr {record['lr']:.3g}  ({self._seconds:.1f} s)"
+        )
+
+    # -- export ------------------------------------------------------------------
+
+    def export(self, path: Path) -> None:
+        """Write the model as a torch.export program with a dynamic batch dimension (or TorchScript)."""
+        model = copy.deepcopy(self.model).cpu().float().eval()
+        example = self.run.train_x[: max(2, min(8, len(self.run.train_x)))]
+        with warnings.catch_warnings():
+            # TorchScript is deprecated in current PyTorch; exporting is not the user's mistake.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            if self.run.config.output.format == "torchscript":
+                try:
+                    program: Any = torch.jit.script(model)
+                except Exception:  # noqa: BLE001 — not scriptable: fall back to tracing on an example batch
+                    program = torch.jit.trace(model, example)
+                atomic_write(path, lambda f: torch.jit.save(program, f))
+                return
+            batch = torch.export.Dim("batch", min=1)
+            try:
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+            except Exception as e:
+                raise ModelError(
+                    f"cannot export the {self.name} with a dynamic batch dimension ({type(e).__name__}: "
+                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                    'try [output] format = "torchscript"'
+                ) from e
+            atomic_write(path, lambda f: torch.export.save(program, f))
+
+    # -- checkpoint --------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "order": self.order.get_state(),
+            "noise": self.noise.get_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "records": [dict(r) for r in self.records],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rng,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "done": self.done,
+            "selected_epoch": self.selected_epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.records = [dict(r) for r in state["records"]]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.order.set_state(rng["order"])
+        self.noise.set_state(rng["noise"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.best = state["best"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.stopped_early = bool(state["stopped_early"])
+        self.done = bool(state["done"])
+        self.selected_epoch = state["selected_epoch"]
+        self.model.train()
+
+
+# -- checkpoint and manifest files ----------------------------------------------
+
+
+def _start(
+    config: TrainConfig, checkpoint: Path, *, resume: bool, overwrite: bool, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The checkpoint to continue from, or None to start afresh (after clearing an old run if asked)."""
+    out = checkpoint.parent
+    if resume and not overwrite:
+        if not checkpoint.is_file():
+            say(f"no checkpoint in {out}; starting from epoch 1")
+            return None
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConfigError(
+                f"cannot resume: {checkpoint} is not a readable checkpoint ({type(e).__name__}); "
+                "start over with --overwrite",
+                file=_str(config.file),
+            ) from e
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(
+                f"cannot resume: {checkpoint} was written by another version of the trainer; start over with "
+                "--overwrite",
+                file=_str(config.file),
+            )
+        changed = _changed_keys(json.loads(saved["config_json"]), json.loads(_config_json(config)))
+        if changed:
+            raise ConfigError(
+                f"cannot resume: the config changed since {checkpoint} was written ({', '.join(changed)}); "
+                "restore it, or start over with --overwrite",
+                file=_str(config.file),
+            )
+        done = {name: len(p["records"]) for name, p in saved["phases"].items()}
+        say(f"resuming {out}: " + ", ".join(f"{name} after epoch {n}" for name, n in done.items()))
+        return saved
+    if checkpoint.is_file() and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a training run ({CHECKPOINT_FILE}); continue it with --resume, "
+            "or start over with --overwrite",
+            file=_str(config.file),
+            where="[output]",
+        )
+    for name in (CHECKPOINT_FILE, MANIFEST_FILE, *(p + s for p in PHASES for s in (".pt2", ".pt"))):
+        (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save(dict(state), f))
+
+
+def _write_manifest(
+    run: _Run, state: Mapping[str, Any], out: Path, *, status: str, current: _Phase | None
+) -> dict[str, Any]:
+    config = run.config
+    phases = {**run.finished_phases, **({current.name: current} if current is not None else {})}
+
+    def model_entry(name: str) -> dict[str, Any] | None:
+        phase = phases.get(name)
+        saved = state["phases"].get(name)
+        if phase is None and saved is None:
+            return None
+        records = phase.records if phase is not None else saved["records"]
+        done = phase.done if phase is not None else bool(saved["done"])
+        path = out / (name + config.output.suffix)
+        entry: dict[str, Any] = {
+            "file": path.name if done and path.is_file() else None,
+            "sha256": sha256_file(path) if done and path.is_file() else None,
+            "format": "torch.export" if config.output.format == "export" else "torchscript",
+            "factory": config.student.factory,
+            "kwargs": dict(config.student.kwargs),
+            "params": sum(int(p.numel()) for p in phase.model.parameters()) if phase is not None else None,
+            "selected_epoch": phase.selected_epoch if phase is not None else saved["selected_epoch"],
+            "stopped_early": phase.stopped_early if phase is not None else bool(saved["stopped_early"]),
+        }
+        if name == "control":
+            entry["epochs"] = [dict(r) for r in records]
+        return entry
+
+    student = model_entry("student")
+    student_phase = phases.get("student")
+    student_state = state["phases"].get("student")
+    if student_phase is not None:
+        epochs = student_phase.records
+    else:
+        epochs = student_state["records"] if student_state is not None else []
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "kind": "distill_eval.train",
+        "status": status,
+        "finished": status == "finished",
+        "created": state["created"],
+        "updated": _now(),
+        "command": _command(),
+        "config_file": _str(config.file),
+        "output_dir": str(out),
+        "config": json.loads(_config_json(config)),
+        "seed": config.distill.seed,
+        "teacher": {
+            "spec": config.teacher.describe(),
+            "sha256": run.teacher_sha256,
+            "fingerprint": run.teacher_fingerprint,
+            "format": run.teacher.format,
+            "params": run.teacher.params,
+            "logits": run.teacher_info,
+        },
+        "data": {"train": run.train_data.describe(), "val": run.val_data.describe()},
+        "environment": {**environment(), "device": run.device, "precision": "bf16" if run.bf16 else "fp32"},
+        "student": student,
+        "control": model_entry("control"),
+        "epochs": [dict(r) for r in epochs],
+    }
+    atomic_write(out / MANIFEST_FILE, (json.dumps(manifest, indent=1, default=str) + "\n").encode())
+    return manifest
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _labelled(data: Dataset, role: str) -> Dataset:
+    if data.y is None:
+        raise DataError(f"[data] {role}: dataset '{data.name}' ({data.source}) has no labels; training needs them")
+    return data
+
+
+def _teacher_sha256(config: TrainConfig, injected: Any) -> str | None:
+    """The sha256 of the teacher's model file (its weights file for a factory), as results.json records it."""
+    if injected is not None:
+        return None
+    files = [p for p in (config.teacher.path, config.teacher.weights) if p is not None]
+    return sha256_file(files[-1]) if files else None
+
+
+def _use_bf16(config: TrainConfig, device: str) -> bool:
+    precision = config.distill.precision
+    cuda = device.startswith("cuda")
+    if precision == "bf16" and not cuda:
+        raise ConfigError(
+            f"'precision = \"bf16\"' is autocast on CUDA, but the device is {device!r}; "
+            'use precision = "auto" (bf16 on CUDA, fp32 elsewhere) or "fp32"',
+            file=_str(config.file),
+            where="[distill]",
+        )
+    return cuda and precision in ("bf16", "auto") and torch.cuda.is_bf16_supported()
+
+
+def _as_logits(out: Any, name: str) -> torch.Tensor:
+    """A model's output as a logits tensor (first element of a tuple, ``["logits"]``, ``.logits``)."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    elif isinstance(out, Mapping) and "logits" in out:
+        out = out["logits"]
+    elif hasattr(out, "logits"):
+        out = out.logits
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model '{name}' returned {type(out).__name__}; expected a tensor of logits")
+    return out
+
+
+def _config_json(config: TrainConfig) -> str:
+    return json.dumps(config.document, sort_keys=True, default=str)
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, apart from those a resume may change."""
+    a, b = dict(_flatten(old)), dict(_flatten(new))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
+    return [k for k in keys if not k.startswith(_RESUMABLE_CHANGES)]
+
+
+_ABSENT = object()
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _command() -> list[str]:
+    """The command line that ran, with ``python -m distill_eval`` shown as such."""
+    if not sys.argv:
+        return []
+    program = Path(sys.argv[0]).name
+    return [*(["python", "-m", "distill_eval"] if program == "__main__.py" else [program]), *sys.argv[1:]]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,287 @@
+"""Training configs: every key of SPEC section 7 read, every mistake reported with file, table and key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from distill_eval.config import DatasetSpec
+from distill_eval.errors import ConfigError
+from distill_eval.train import load_train_config
+from distill_eval.train.config import TrainConfig
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "distill_eval" / "train" / "examples" / "digits.toml"
+
+FULL = """
+[data]
+train = { source = "sklearn:digits", split = "train" }
+val = { path = "data/val.npz" }
+
+[teacher]
+path = "teacher.pt"
+
+[student]
+factory = "mystudent:build"
+kwargs = { hidden = [16, 8] }
+weights = "init.pt"
+
+[distill]
+temperature = 2.5
+alpha = 0.75
+epochs = 12
+batch_size = 32
+lr = 0.005
+weight_decay = 0.0001
+seed = 7
+control = true
+offline = true
+filter_teacher_errors = "relabel"
+schedule = "cosine"
+patience = 3
+device = "cuda:1"
+precision = "auto"
+teacher_batch_size = 512
+cache_dir = "cache"
+
+[output]
+dir = "runs/digits"
+format = "torchscript"
+"""
+
+MINIMAL = """
+[data]
+train = { source = "sklearn:digits", split = "train" }
+val = { source = "sklearn:digits", split = "test" }
+
+[teacher]
+factory = "distill_eval.train.zoo:digits_teacher"
+
+[student]
+factory = "distill_eval.train.zoo:digits_student"
+
+[distill]
+epochs = 3
+
+[output]
+dir = "out"
+"""
+
+
+def load(tmp_path: Path, text: str) -> TrainConfig:
+    path = tmp_path / "train.toml"
+    path.write_text(text)
+    return load_train_config(path)
+
+
+def error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "train.toml")), message  # every message names the file
+    return message
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    config = load(tmp_path, FULL)
+    assert config.train == DatasetSpec(name="train", source="sklearn:digits", split="train")
+    assert config.val.path == tmp_path / "data" / "val.npz"  # relative to the config file
+    assert config.teacher.path == tmp_path / "teacher.pt" and config.teacher.factory is None
+    assert config.student.factory == "mystudent:build"
+    assert dict(config.student.kwargs) == {"hidden": [16, 8]}
+    assert config.student.weights == tmp_path / "init.pt"
+    d = config.distill
+    assert (d.temperature, d.alpha, d.epochs, d.batch_size, d.lr, d.weight_decay, d.seed) == (
+        2.5,
+        0.75,
+        12,
+        32,
+        0.005,
+        0.0001,
+        7,
+    )
+    assert d.control is True and d.offline is True
+    assert d.filter_teacher_errors == "relabel" and d.schedule == "cosine" and d.patience == 3
+    assert d.device == "cuda:1" and d.precision == "auto" and d.teacher_batch_size == 512
+    assert d.cache_dir == tmp_path / "cache"
+    assert config.output.dir == tmp_path / "runs" / "digits"
+    assert config.output.format == "torchscript" and config.output.suffix == ".pt"
+    assert config.augment.noise_std == 0.0 and not config.augment.enabled
+    assert config.file == tmp_path / "train.toml"
+    assert config.document["distill"]["alpha"] == 0.75
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path / "..")
+    config = load(tmp_path, MINIMAL)
+    d = config.distill
+    assert (d.temperature, d.alpha, d.batch_size, d.lr, d.weight_decay, d.seed) == (4.0, 0.9, 64, 1e-3, 0.0, 0)
+    assert (d.control, d.offline, d.filter_teacher_errors, d.schedule, d.patience) == (
+        False,
+        False,
+        "none",
+        "constant",
+        0,
+    )
+    assert (d.device, d.precision, d.teacher_batch_size) == ("auto", "fp32", 256)
+    assert d.cache_dir == Path.cwd() / ".distill_cache"  # the plugin's default, where the command runs
+    assert config.output.format == "export" and config.output.suffix == ".pt2"
+    assert config.val.split == "test"
+
+
+def test_with_output_dir(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL).with_output_dir(tmp_path / "elsewhere")
+    assert config.output.dir == tmp_path / "elsewhere" and config.output.format == "export"
+
+
+def test_augment_table(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL + "\n[augment]\nnoise_std = 0.1\n")
+    assert config.augment.noise_std == 0.1 and config.augment.enabled
+
+
+def test_the_example_config_loads() -> None:
+    config = load_train_config(EXAMPLE)
+    assert config.teacher.weights is not None and config.teacher.weights.is_file()
+    assert config.distill.control and config.distill.offline
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "[distill]\nepochs = 3",
+            "[distill]\nepochs = 3\ntemprature = 4.0",
+            "[distill]: unknown key 'temprature' (did you mean 'temperature'?)",
+        ),
+        ("[distill]\nepochs = 3", "[distill]\nepoch = 3", "[distill]: unknown key 'epoch' (did you mean 'epochs'?)"),
+        ("[distill]", "[distil]", ": unknown key 'distil' (did you mean 'distill'?)"),
+        ('dir = "out"', 'dirr = "out"', "[output]: unknown key 'dirr' (did you mean 'dir'?)"),
+        ("train = {", "trian = {", "[data]: unknown key 'trian' (did you mean 'train'?)"),
+        ("train = { source", "train = { sorce", "[data] train: unknown key 'sorce' (did you mean 'source'?)"),
+        ("[teacher]\nfactory", "[teacher]\nfactroy", "[teacher]: unknown key 'factroy' (did you mean 'factory'?)"),
+        ("[student]\n", "[student]\nkwarg = {}\n", "[student]: unknown key 'kwarg' (did you mean 'kwargs'?)"),
+        ("[output]", "[augment]\nnoise = 0.1\n[output]", "[augment]: unknown key 'noise' (did you mean 'noise_std'?)"),
+    ],
+)
+def test_unknown_keys_name_the_file_the_table_and_the_nearest_key(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in MINIMAL
+    assert expected in error(tmp_path, MINIMAL.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("epochs", '"40"', "'epochs' must be an integer >= 1, got a string ('40')"),
+        ("epochs", "0", "'epochs' must be an integer >= 1, got an integer (0)"),
+        ("epochs", "2.5", "'epochs' must be an integer >= 1, got a number (2.5)"),
+        ("batch_size", "true", "'batch_size' must be an integer >= 1, got a boolean (true)"),
+        ("lr", '"fast"', "'lr' must be a number > 0, got a string ('fast')"),
+        ("lr", "0", "'lr' must be a number > 0, got an integer (0)"),
+        ("seed", "-1", "'seed' must be an integer >= 0"),
+        ("control", "1", "'control' must be true or false, got an integer (1)"),
+        ("offline", '"yes"', "'offline' must be true or false, got a string ('yes')"),
+        ("patience", "-2", "'patience' must be an integer >= 0"),
+        ("weight_decay", "-0.1", "'weight_decay' must be a number >= 0"),
+        ("schedule", '"linear"', "'schedule' must be one of 'constant' or 'cosine', got 'linear'"),
+        (
+            "precision",
+            '"bf15"',
+            "'precision' must be one of 'auto', 'bf16' or 'fp32', got 'bf15' (did you mean 'bf16'?)",
+        ),
+        ("device", '"gpu"', "'device' must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'gpu'"),
+        ("cache_dir", "3", "'cache_dir' must be a string, got an integer (3)"),
+    ],
+)
+def test_wrong_types_and_values(tmp_path: Path, key: str, value: str, expected: str) -> None:
+    line = f"{key} = {value}"
+    message = error(tmp_path, MINIMAL.replace("epochs = 3", line if key == "epochs" else f"epochs = 3\n{line}"))
+    assert "[distill]: " + expected in message
+
+
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1", "nan", '"0.5"'])
+def test_alpha_must_be_in_zero_one(tmp_path: Path, alpha: str) -> None:
+    message = error(tmp_path, MINIMAL.replace("epochs = 3", f"epochs = 3\nalpha = {alpha}"))
+    assert "[distill]: 'alpha' must be a number in [0, 1]" in message
+
+
+@pytest.mark.parametrize("temperature", ["0", "-1.0", "inf", "[4]"])
+def test_temperature_must_be_positive(tmp_path: Path, temperature: str) -> None:
+    message = error(tmp_path, MINIMAL.replace("epochs = 3", f"epochs = 3\ntemperature = {temperature}"))
+    assert "[distill]: 'temperature' must be a number > 0" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [('"dropp"', " (did you mean 'drop'?)"), ('"relable"', " (did you mean 'relabel'?)"), ('"all"', ""), ("true", "")],
+)
+def test_filter_must_be_none_drop_or_relabel(tmp_path: Path, value: str, hint: str) -> None:
+    message = error(tmp_path, MINIMAL.replace("epochs = 3", f"epochs = 3\nfilter_teacher_errors = {value}"))
+    assert "[distill]: 'filter_teacher_errors' must be " in message
+    if value.startswith('"'):
+        assert f"one of 'drop', 'none' or 'relabel', got {value[1:-1]!r}{hint}" in message
+
+
+def drop_table(text: str, table: str) -> str:
+    """The config without ``[table]`` and its keys."""
+    return re.sub(rf"\[{table}\]\n(?:[^\[\n][^\n]*\n|\n)*", "", text)
+
+
+@pytest.mark.parametrize("table", ["data", "teacher", "student", "distill", "output"])
+def test_missing_required_tables(tmp_path: Path, table: str) -> None:
+    text = drop_table(MINIMAL, table)
+    assert f"[{table}]" not in text
+    assert f"missing required table [{table}]" in error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("epochs = 3", "seed = 1", "[distill]: missing required key 'epochs'"),
+        ('val = { source = "sklearn:digits", split = "test" }\n', "", "[data]: missing required key 'val'"),
+        ('dir = "out"', 'format = "export"', "[output]: missing required key 'dir'"),
+        ('dir = "out"', 'dir = ""', "[output]: 'dir' must be a non-empty path"),
+        ('dir = "out"', 'dir = "out"\nformat = "onnx"', "[output]: 'format' must be one of 'export' or 'torchscript'"),
+        ("[teacher]\nfactory", "[teacher]\ntrusted = true\n#", "[teacher]: set 'path' (a saved model) or 'factory'"),
+        (
+            '[student]\nfactory = "distill_eval.train.zoo:digits_student"',
+            '[student]\npath = "s.pt2"',
+            "[student]: set 'factory'",
+        ),
+        (
+            "[student]\nfactory = ",
+            '[student]\npath = "s.pt"\nfactory = ',
+            "[student]: set either 'path' or 'factory', not both",
+        ),
+        (
+            '"distill_eval.train.zoo:digits_teacher"',
+            '"no_colon"',
+            "[teacher]: 'factory' must look like 'package.module:callable'",
+        ),
+        ('split = "train"', 'split = "training"', "[data] train: 'split' must be one of 'all', 'test' or 'train'"),
+        ("train = {", "train = 3\nx = {", "[data]: 'train' must be a table, got an integer (3)"),
+        ("[data]", "augment = 0.1\n[data]", ": 'augment' must be a table, got a number (0.1)"),
+        ("[output]", "[augment]\nnoise_std = -0.5\n[output]", "[augment]: 'noise_std' must be a number >= 0"),
+    ],
+)
+def test_missing_keys_and_inconsistent_tables(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in MINIMAL
+    assert expected in error(tmp_path, MINIMAL.replace(old, new, 1))
+
+
+def test_offline_is_refused_with_augmentation(tmp_path: Path) -> None:
+    text = MINIMAL.replace("epochs = 3", "epochs = 3\noffline = true") + "\n[augment]\nnoise_std = 0.1\n"
+    message = error(tmp_path, text)
+    assert "[distill]: 'offline = true' cannot be used with data augmentation ([augment] noise_std = 0.1)" in message
+    assert "set offline = false" in message
+    # Either alone is fine.
+    assert load(tmp_path, MINIMAL.replace("epochs = 3", "epochs = 3\noffline = true")).distill.offline
+    assert load(tmp_path, MINIMAL + "\n[augment]\nnoise_std = 0.1\n").augment.enabled
+
+
+def test_toml_syntax_errors_and_missing_files(tmp_path: Path) -> None:
+    assert "not valid TOML" in error(tmp_path, MINIMAL + "\n[distill\n")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_train_config(tmp_path / "nope.toml")
