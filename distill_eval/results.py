@@ -28,7 +28,7 @@ class CheckResult:
 
     suite: str
     file: str
-    gate: str
+    gate: str  # the gate this check was judged under
     id: str
     kind: str
     outcome: str
@@ -40,12 +40,14 @@ class CheckResult:
     models: dict[str, str] = field(default_factory=dict)
     dataset: str = ""
     duration_s: float = 0.0
+    suite_gate: str = ""  # the suite's gate (or --distill-gate); a check may override it
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "outcome": self.outcome,
+            "gate": self.gate,
             "message": self.message,
             "dataset": self.dataset,
             "models": self.models,
@@ -101,7 +103,9 @@ def build_results(
     results = list(results)
     suites: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
-        suite = suites.setdefault((r.file, r.suite), {"name": r.suite, "file": r.file, "gate": r.gate, "checks": []})
+        suite = suites.setdefault(
+            (r.file, r.suite), {"name": r.suite, "file": r.file, "gate": r.suite_gate or r.gate, "checks": []}
+        )
         suite["checks"].append(r.to_json())
     counts = {o: sum(r.outcome == o for r in results) for o in OUTCOMES}
     return {

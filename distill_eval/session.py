@@ -203,7 +203,7 @@ class DistillSession:
     def run_check(self, suite: SuiteSpec, check: CheckSpec) -> CheckResult:
         """Compute and judge one check. DistillErrors propagate; the caller records them."""
         kind = KINDS[check.kind]
-        gate = self.gate or suite.gate
+        gate = self.gate or check.gate or suite.gate
         start = time.perf_counter()
         measurement = kind.compute(CheckContext(suite, check, self), check.params)
         bounds = judge(
@@ -223,6 +223,7 @@ class DistillSession:
             suite=suite.name,
             file=str(suite.file),
             gate=gate,
+            suite_gate=self.gate or suite.gate,
             id=check.id,
             kind=check.kind,
             outcome=outcome,
@@ -242,7 +243,8 @@ class DistillSession:
         return CheckResult(
             suite=suite.name,
             file=str(suite.file),
-            gate=self.gate or suite.gate,
+            gate=self.gate or check.gate or suite.gate,
+            suite_gate=self.gate or suite.gate,
             id=check.id,
             kind=check.kind,
             outcome="error",

@@ -48,6 +48,8 @@ class CheckSpec:
     teacher: str = "teacher"
     student: str = "student"
     index: int = 0
+    #: overrides the suite's gate for this check (``--distill-gate`` overrides both)
+    gate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def load_suite(path: Path, project: ProjectConfig | None = None) -> SuiteSpec:
             )
         seen[check_id] = index
         severity = cr.string("severity", "error", choices=SEVERITIES)
+        check_gate = cr.string("gate", None, choices=GATES)
         spec_kind = KINDS[kind]
         bounds = _read_bounds(cr, spec_kind.bound_metrics)
         params = spec_kind.read_params(cr, path.parent)
@@ -151,6 +154,7 @@ def load_suite(path: Path, project: ProjectConfig | None = None) -> SuiteSpec:
                 teacher=check_teacher,
                 student=check_student,
                 index=index,
+                gate=check_gate,
             )
         )
     suite = SuiteSpec(

@@ -119,3 +119,22 @@ def test_gate_modes_end_to_end(pytester: pytest.Pytester, gate: str, outcome: st
                 " about * examples (now 3,000) would settle it*"
             ]
         )
+
+
+def test_a_check_may_override_the_suite_gate(pytester: pytest.Pytester) -> None:
+    planted.write_project(pytester.path, student="good")
+    data = planted.scenario()
+    agreement = float(np.mean(data["teacher"].argmax(1) == data["good"].argmax(1)))
+    check = f'kind = "agreement"\nmin = {{ top1 = {agreement - 0.005} }}\n'
+    (pytester.path / "suites" / "planted.toml").write_text(
+        f'[suite]\nname = "g"\ngate = "strict"\n[[check]]\n{check}[[check]]\nid = "relaxed"\ngate = "estimate"\n{check}'
+    )
+    pytester.runpytest("--distill", "-p", "no:cacheprovider")
+    doc = json.loads((pytester.path / "reports" / "results.json").read_text())
+    assert doc["suites"][0]["gate"] == "strict"
+    checks = doc["suites"][0]["checks"]
+    assert [(c["gate"], c["outcome"]) for c in checks] == [("strict", "failed"), ("estimate", "passed")]
+    # --distill-gate overrides both
+    pytester.runpytest("--distill", "-p", "no:cacheprovider", "--distill-gate", "lenient")
+    doc = json.loads((pytester.path / "reports" / "results.json").read_text())
+    assert [(c["gate"], c["outcome"]) for c in doc["suites"][0]["checks"]] == [("lenient", "passed")] * 2
