@@ -161,16 +161,24 @@ def wrap_model(name: str, obj: Any, *, device: str = "cpu", format: str = "hook"
     )
 
 
-def parameter_fingerprint(model: Model) -> str | None:
-    """Hash a loaded model's parameters (for models without files), or None if unknown."""
+def parameter_fingerprint(model: Model, spec: ModelSpec | None = None) -> str | None:
+    """Hash a loaded model's parameters (for models without files), or None if unknown.
+
+    With ``spec``, its factory and kwargs are part of the hash too: two models
+    with the same parameters but a keyword that changes their forward pass
+    (say ``temperature = 2``) must never share cached outputs.
+    """
     import torch
 
-    if isinstance(model.module, torch.nn.Module):
-        state = model.module.state_dict()
-        arrays = [state[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy() for k in sorted(state)]
-        layout = ",".join(f"{k}{tuple(state[k].shape)}{state[k].dtype}" for k in sorted(state))
-        return sha256_arrays(*arrays, salt=type(model.module).__qualname__ + layout)
-    return None
+    if not isinstance(model.module, torch.nn.Module):
+        return None
+    state = model.module.state_dict()
+    arrays = [state[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy() for k in sorted(state)]
+    layout = ",".join(f"{k}{tuple(state[k].shape)}{state[k].dtype}" for k in sorted(state))
+    params = sha256_arrays(*arrays, salt=type(model.module).__qualname__ + layout)
+    if spec is None:
+        return params
+    return sha256_json({"params": params, "factory": spec.factory, "kwargs": dict(spec.kwargs)})
 
 
 # -- loaders -------------------------------------------------------------------

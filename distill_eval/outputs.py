@@ -162,8 +162,8 @@ class OutputCache:
             return None, {}, None
         try:
             info = json.loads(meta.read_text())
-            if info.get("format") != CACHE_FORMAT or sha256_file(data) != info.get("sha256"):
-                raise ValueError("checksum mismatch")
+            if info.get("cache_format") != CACHE_FORMAT or sha256_file(data) != info.get("sha256"):
+                raise ValueError("unknown cache format or checksum mismatch")
             return np.load(data, allow_pickle=False), info, None
         except Exception as e:  # noqa: BLE001 — any unreadable entry is recomputed, never trusted
             return None, {}, f"cache entry {data} is corrupted ({e}); recomputing"
@@ -176,7 +176,7 @@ class OutputCache:
         atomic_write(data, lambda f: np.save(f, np.ascontiguousarray(logits), allow_pickle=False))
         sidecar = dict(
             info,
-            format=CACHE_FORMAT,
+            cache_format=CACHE_FORMAT,
             sha256=sha256_file(data),
             shape=list(logits.shape),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

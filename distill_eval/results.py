@@ -71,6 +71,10 @@ def verdict(results: Iterable[CheckResult]) -> str:
     return "passed"
 
 
+#: packages whose versions can change a run's numbers (the installed ones are recorded)
+PACKAGES = ("distill-eval", "torch", "numpy", "scipy", "scikit-learn", "jinja2", "pytest", "onnxruntime", "safetensors")
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine facts that explain a run's numbers."""
     import numpy
@@ -92,14 +96,53 @@ def environment() -> dict[str, Any]:
     }
 
 
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """The installed version of each package (None when it is not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_state(root: Path) -> dict[str, Any] | None:
+    """The commit checked out at ``root`` and whether tracked files differ from it; None outside git."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
 def build_results(
     results: Iterable[CheckResult],
     *,
     models: Mapping[str, Mapping[str, Any]],
     datasets: Mapping[str, Mapping[str, Any]],
     command: list[str] | None = None,
+    root: Path | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """The results.json document: every suite with its checks, in run order."""
+    """The results.json document: every suite with its checks, in run order.
+
+    ``root`` (the project under test) adds its git commit to the environment;
+    ``device`` the device the models ran on.
+    """
     results = list(results)
     suites: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
@@ -116,7 +159,12 @@ def build_results(
         "command": command,
         "models": dict(models),
         "datasets": dict(datasets),
-        "environment": environment(),
+        "environment": {
+            **environment(),
+            "device": device,
+            "git": git_state(root) if root is not None else None,
+            "packages": package_versions(),
+        },
         "suites": list(suites.values()),
     }
 

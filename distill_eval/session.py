@@ -8,6 +8,7 @@ loaded only when an output it produces is not in the cache, and each
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -58,6 +59,23 @@ def output_cache_key(fingerprint: str, data: Dataset, *, device: str, batch_size
             "torch": torch.__version__,
         }
     )
+
+
+def _trainer_manifest(model_file: Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` of ``distill-eval train`` next to a model file, when it describes that file."""
+    path = Path(model_file).parent / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "distill_eval.train":
+        return None
+    files = {
+        entry.get("file") for entry in (manifest.get("student"), manifest.get("control")) if isinstance(entry, dict)
+    }
+    if Path(model_file).name not in files:
+        return None
+    return {"path": str(path), **manifest}
 
 
 class DistillSession:
@@ -153,7 +171,7 @@ class DistillSession:
             spec = self.project.models[name]
             fp = model_fingerprint(spec)
             if fp is None:
-                fp = parameter_fingerprint(self.model(name))
+                fp = parameter_fingerprint(self.model(name), spec)
             self._fingerprints[name] = fp
         return self._fingerprints[name]
 
@@ -284,6 +302,9 @@ class DistillSession:
             info["format"] = facts.get("format")
             info["loaded"] = model is not None
             info["fingerprint"] = self._fingerprints.get(name)
+            manifest = _trainer_manifest(files[-1]) if files else None
+            if manifest is not None:
+                info["manifest"] = manifest
             out[name] = info
         return out
 

@@ -90,6 +90,9 @@ def test_copied_errors_against_hand_counts(project: Path, tmp_path: Path) -> Non
     good_s = data["good"].argmax(1)
     assert value(copier, "control_copy_rate") == pytest.approx(np.mean(good_s[wrong] == t[wrong]))
     assert value(copier, "copy_lift") > 10 and value(copier, "copy_p_value") < 0.01
+    for name, metric in copier.metrics.items():
+        if metric.ci is not None:
+            assert metric.ci[0] <= metric.value <= metric.ci[1], name
     (good,) = run(project, text, "good")
     assert value(good, "copy_rate") == pytest.approx(np.mean(good_s[wrong] == t[wrong]))
     assert 0.3 < value(good, "copy_lift") < 3  # errs independently of the teacher: about chance

@@ -307,3 +307,15 @@ def test_cache_writes_leave_no_temporary_files(project: Project) -> None:
     project.session().outputs("student", "test")
     files = sorted(p.name for p in (project.root / "c").rglob("*") if p.is_file())
     assert len(files) == 2 and all(not name.endswith(".tmp") for name in files)
+
+
+def test_a_factory_keyword_that_changes_outputs_changes_the_cache_key(tmp_path: Path) -> None:
+    """Same parameters, different kwargs: the outputs must not be shared through the cache."""
+    from distill_eval.models import parameter_fingerprint, wrap_model
+
+    module = torch.nn.Linear(3, 2)
+    model = wrap_model("m", module)
+    one = ModelSpec("m", factory="pkg:build", kwargs={"temperature": 1})
+    two = ModelSpec("m", factory="pkg:build", kwargs={"temperature": 2})
+    assert parameter_fingerprint(model, one) != parameter_fingerprint(model, two)
+    assert parameter_fingerprint(model, one) == parameter_fingerprint(wrap_model("m", module), one)

@@ -416,3 +416,14 @@ def test_a_student_outside_the_project_given_with_a_space(pytester: pytest.Pytes
     result = run(pytester, "--distill", "--distill-student", str(outside / "student.pt"))
     result.assert_outcomes(passed=2)
     assert results(pytester)["models"]["student"]["format"] == "torchscript"
+
+
+def test_a_warm_run_reports_the_models_format_and_size_from_the_cache(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    run(pytester, "--distill").assert_outcomes(passed=2)
+    cold = results(pytester)["models"]
+    run(pytester, "--distill").assert_outcomes(passed=2)
+    warm = results(pytester)["models"]
+    assert warm["student"]["loaded"] is False
+    assert warm["student"]["format"] == cold["student"]["format"] == "factory"
+    assert warm["teacher"]["params"] == cold["teacher"]["params"] == 85002

@@ -13,6 +13,7 @@ from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.checks.intervals import Intervals, mean_of, ratio_of
 from distill_eval.metrics.stats import weighted_sum
+from distill_eval.report.extras import agreement_extras
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -72,7 +73,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         no_labels = f"dataset '{ctx.check.dataset}' has no labels"
         for name in ("student_accuracy", "teacher_accuracy", "accuracy_gap", "accuracy_retention"):
             values[name] = Metric(None, None, no_labels)
-        return Measurement(values, n=n)
+        return Measurement(values, extras=agreement_extras(ctx.dataset, teacher, student), n=n)
     s_acc, t_acc = float(s_hit.mean()), float(t_hit.mean())
     values["student_accuracy"] = Metric.of(s_acc, intervals.proportion(s_hit.sum(), n))
     values["teacher_accuracy"] = Metric.of(t_acc, intervals.proportion(t_hit.sum(), n))
@@ -82,7 +83,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         if t_acc > 0
         else Metric(None, None, "the teacher's accuracy is 0")
     )
-    return Measurement(values, n=n)
+    return Measurement(values, extras=agreement_extras(ctx.dataset, teacher, student), n=n)
 
 
 KIND = CheckKind(

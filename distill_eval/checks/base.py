@@ -48,7 +48,12 @@ class Metric:
         """A Metric from a float that may be NaN (undefined, with the reason ``undefined``)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return cls(None, None, undefined or "undefined on this data")
-        return cls(float(value), ci)
+        value = float(value)
+        if ci is not None:
+            # A resampling interval of a biased statistic can miss the estimate itself; an
+            # interval never excludes its own point estimate.
+            ci = (min(float(ci[0]), value), max(float(ci[1]), value))
+        return cls(value, ci)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"value": self.value, "ci": list(self.ci) if self.ci else None}

@@ -15,6 +15,7 @@ from distill_eval.checks.intervals import Intervals, binned_calibration_error, m
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.stats import weighted_sum
 from distill_eval.outputs import ModelOutputs
+from distill_eval.report.extras import calibration_extras
 
 _NONNEGATIVE = (0.0, np.inf)
 
@@ -142,7 +143,11 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         if ci is not None and values[name] <= np.quantile(null, level):
             # Consistent with perfect calibration (Bröcker & Smith 2007): the interval reaches 0.
             cis[name] = (0.0, max(ci[1], values[name]))
-    return Measurement({name: Metric.of(v, cis.get(name)) for name, v in values.items()}, n=len(y))
+    return Measurement(
+        {name: Metric.of(v, cis.get(name)) for name, v in values.items()},
+        extras=calibration_extras(teacher, student, y, bins=bins, binning=binning),  # the report's charts
+        n=len(y),
+    )
 
 
 KIND = CheckKind(

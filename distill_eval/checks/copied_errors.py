@@ -20,6 +20,7 @@ from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metri
 from distill_eval.checks.intervals import Intervals, ratio_of
 from distill_eval.data import ids_file_mask
 from distill_eval.metrics.stats import clopper_pearson_interval, weighted_sum
+from distill_eval.report.extras import copied_errors_extras
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -79,8 +80,10 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     intervals = Intervals(ctx, n)
     chance = _chance_copy_rate(y, t, s, k)
     copy_rate = ratio_of(copied, t_wrong)
-    intervals.add("chance_copy_rate", chance)
-    intervals.add("copy_lift", lambda w: copy_rate(w) / chance(w))
+    # The chance rate reads the student's confusion over every example, the teacher's errors
+    # included, so resampling those examples biases it upward; BCa then collapses to one end.
+    intervals.add("chance_copy_rate", chance, method="percentile")
+    intervals.add("copy_lift", lambda w: copy_rate(w) / chance(w), method="percentile")
     intervals.add("error_consistency", _error_consistency(~t_wrong, ~s_wrong))
     cis = intervals.compute() if n_errors else {}
 
@@ -116,7 +119,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             undefined="the student makes no errors",
         ),
     }
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = copied_errors_extras(ctx.dataset, teacher, student, y)  # the report's charts
     if params["known_failures"] is not None:
         mask = ids_file_mask(params["known_failures"], ctx.dataset, what="known_failures")
         values["known_copied"] = Metric.of(

@@ -2,7 +2,13 @@
 
 The document (:func:`distill_eval.results.build_results`) is the single source:
 the Markdown and HTML renderers only read it, so ``distill-eval report`` can
-re-render a report from a stored results.json.
+re-render a report from a stored results.json. report.html is laid out from a
+:class:`~distill_eval.report.data.ReportData` built from that document, with
+charts from :mod:`~distill_eval.report.svg`; what the charts need beyond the
+metrics, the check kinds record as compact extras (:mod:`~distill_eval.report.extras`).
+
+The check kinds import :mod:`~distill_eval.report.extras`, so this package
+imports :mod:`distill_eval.results` (which imports the checks) only when writing.
 """
 
 from __future__ import annotations
@@ -11,14 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill_eval._io import atomic_write
+from distill_eval.errors import DistillError
+from distill_eval.report.data import ReportData, build_report_data
 from distill_eval.report.html import render_html
 from distill_eval.report.markdown import render_summary
-from distill_eval.results import build_results, write_json
 
 if TYPE_CHECKING:
     from distill_eval.session import DistillSession
 
-__all__ = ["render_html", "render_summary", "write_reports"]
+__all__ = ["ReportData", "build_report_data", "render_html", "render_summary", "write_reports"]
 
 
 def write_reports(session: DistillSession, *, command: list[str] | None = None) -> dict[str, Path]:
@@ -29,17 +36,30 @@ def write_reports(session: DistillSession, *, command: list[str] | None = None) 
     dict of str to Path
         Each written file by name.
     """
+    from distill_eval.results import build_results  # not at import: results -> checks -> report.extras
+
     doc = build_results(
         session.results,
         models=session.model_provenance(),
         datasets=session.dataset_provenance(),
         command=command,
+        root=session.project.rootdir,
+        device=_device(session),
     )
     return write_documents(doc, Path(session.project.reports))
 
 
+def _device(session: DistillSession) -> str | None:
+    try:
+        return session.device
+    except DistillError:  # a device that cannot be resolved must not cost the report
+        return None
+
+
 def write_documents(doc: dict[str, Any], folder: Path) -> dict[str, Path]:
     """Write the three report files for a results document."""
+    from distill_eval.results import write_json
+
     paths = {name: folder / name for name in ("results.json", "summary.md", "report.html")}
     write_json(paths["results.json"], doc)
     atomic_write(paths["summary.md"], render_summary(doc).encode())

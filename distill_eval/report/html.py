@@ -1,4 +1,10 @@
-"""report.html: one self-contained page (no network, no external assets)."""
+"""report.html: one self-contained page (no network, no external assets, no scripts).
+
+The page is rendered from :class:`~distill_eval.report.data.ReportData`, which is
+built from the results document alone. Jinja2 autoescapes every string; the only
+markup passed through unescaped is the SVG made by :mod:`distill_eval.report.svg`,
+which escapes the text it draws itself.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,25 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
-from distill_eval.checks.judge import format_number
+from distill_eval.report.data import build_report_data
+
+#: no scripts, no network: inline styles and data: images only
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+)
 
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("distill_eval.report", "templates"),
-        autoescape=True,  # every user string (suite, check, slice names, ids) is escaped
+        autoescape=True,  # every user string (suite, check, slice names, ids, paths) is escaped
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["num"] = format_number
-    return env
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -31,4 +41,7 @@ def render_html(doc: dict[str, Any]) -> str:
     doc : dict
         A results document (the content of results.json).
     """
-    return _environment().get_template("report.html.j2").render(doc=doc)
+    data = build_report_data(doc)
+    return (
+        _environment().get_template("report.html.j2").render(data=data, csp=Markup(CONTENT_SECURITY_POLICY))
+    )  # our constant

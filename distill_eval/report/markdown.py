@@ -55,7 +55,7 @@ def render_summary(doc: dict[str, Any]) -> str:
             outcome = f"{_ICONS.get(check['outcome'], '')} {check['outcome']}"
             lines.append(
                 f"| {escape_md(suite['name'])} | {escape_md(check['id'])} | {check['kind']} | {outcome} "
-                f"| {_bounded(check)} | {suite['gate']} |"
+                f"| {_bounded(check)} | {check.get('gate') or suite['gate']} |"
             )
     problems = [(s, c) for s in doc["suites"] for c in s["checks"] if c["outcome"] in ("failed", "error", "warned")]
     if problems:

@@ -23,15 +23,28 @@ anything. Its validation logits, and in offline mode its training logits,
 come from the plugin's output cache (the same entries ``pytest --distill``
 reads and writes), indexed by example row, never by batch order.
 
-Only one process trains for now; the batch order is drawn in one place
-(``_Phase._epoch_rows``) so that a distributed run can later take its shard
-of the same permutation there.
+Under ``torchrun --nproc_per_node=K -m distill_eval train CONFIG.toml`` the
+same function runs in K processes (:mod:`distill_eval.train.distributed`):
+each joins the process group from torchrun's environment (gloo on CPU, nccl
+on CUDA, each on ``cuda:LOCAL_RANK``); only the student is wrapped in
+DistributedDataParallel, the teacher stays as it is, in eval mode without
+gradients. ``batch_size`` is the global batch: every rank draws the same
+permutation and takes the strided share ``batch[rank::K]`` of every batch
+(``_Phase._epoch_batches``, the one place the order is drawn), and its loss is
+weighted by its share, so DDP's gradient average is the gradient of the global
+batch and K processes take the same steps as one. The train loss is summed
+over ranks; validation is split into whole batches and the predictions are
+gathered back in row order, every example exactly once. Rank 0 alone logs and
+writes the checkpoint (with every rank's random state), the manifest, the
+exported models and cache entries; the others wait for it, and an error
+raised there is raised on every rank. ``--resume`` works the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import sys
 import time
@@ -55,6 +68,7 @@ from distill_eval.outputs import OutputCache, compute_logits
 from distill_eval.results import environment
 from distill_eval.session import output_cache_key
 from distill_eval.train.config import FILTERS, TrainConfig
+from distill_eval.train.distributed import SINGLE, Dist, process_group
 from distill_eval.train.loss import kd_loss
 
 __all__ = [
@@ -247,35 +261,52 @@ def train(
     ------
     ConfigError, DataError, ModelError
         A mistake in the config, data or models, as a sentence.
+
+    Notes
+    -----
+    Under ``torchrun`` (or in a process group the caller started) every rank
+    calls this function: ``batch_size`` is the global batch, rank 0 alone logs
+    and writes, every rank returns the same result, and callbacks run on every
+    rank (``on_batch`` with that rank's rows of the batch).
     """
     if max_epochs_this_run is not None and max_epochs_this_run < 0:
         raise ValueError(f"max_epochs_this_run must be >= 0, got {max_epochs_this_run}")
-    say = log or (lambda message: None)
     out = Path(config.output.dir)
     checkpoint_path = out / CHECKPOINT_FILE
-    saved = _start(config, checkpoint_path, resume=resume, overwrite=overwrite, say=say)
-
-    device = resolve_device(config.distill.device)
-    fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    # Every draw below comes from seeds in the config; the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=fork_devices):
-        run = _Run(config, device, teacher=teacher, use_cache=use_cache, say=say)
-        if saved is not None:
-            run.check_resumable(saved)
-        state = saved or {
-            "format": CHECKPOINT_FORMAT,
-            "config_json": _config_json(config),
-            "created": _now(),
-            "identity": run.identity(),
-            "phases": {},
-        }
-        try:
-            manifest = _run_phases(run, state, out, callbacks=callbacks, budget=max_epochs_this_run)
-        except BaseException:
-            # A crash or Ctrl-C: the checkpoint of the last finished epoch is on disk; say so in the manifest.
-            with contextlib.suppress(Exception):
-                _write_manifest(run, state, out, status="interrupted", current=None)
-            raise
+    with process_group(resolve_device(config.distill.device)) as dist:
+        # Under torchrun rank 0 alone logs and writes; the others wait for it where they must.
+        say = (log if dist.is_main else None) or (lambda message: None)
+        saved = dist.run_on_main(lambda: _start(config, checkpoint_path, resume=resume, overwrite=overwrite, say=say))
+        if saved is not None and int(saved.get("world_size", 1)) != dist.world_size:
+            say(
+                f"the checkpoint was written by {saved.get('world_size', 1)} process(es) and {dist.world_size} "
+                "continue it: the global batches stay the same, the last bits of the weights may not"
+            )
+        device = dist.device
+        fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+        # Every draw below comes from seeds in the config; the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=fork_devices):
+            # Rank 0 first: it fills the output cache with the teacher's logits that the others then read.
+            run = dist.main_first(
+                lambda: _Run(config, device, teacher=teacher, use_cache=use_cache, say=say, dist=dist)
+            )
+            if saved is not None:
+                run.check_resumable(saved)
+            state = saved or {
+                "format": CHECKPOINT_FORMAT,
+                "config_json": _config_json(config),
+                "created": _now(),
+                "identity": run.identity(),
+                "phases": {},
+            }
+            try:
+                manifest = _run_phases(run, state, out, callbacks=callbacks, budget=max_epochs_this_run)
+            except BaseException:
+                # A crash or Ctrl-C: the checkpoint of the last finished epoch is on disk; say so in the manifest.
+                if dist.is_main:
+                    with contextlib.suppress(Exception):
+                        _write_manifest(run, state, out, status="interrupted", current=None)
+                raise
     if manifest["finished"]:
         say(f"wrote {out / MANIFEST_FILE}")
     else:
@@ -289,34 +320,54 @@ def _run_phases(
     """Train the phases not yet done, checkpointing after every epoch; returns the manifest written last."""
     checkpoint_path = out / CHECKPOINT_FILE
     phases = [p for p in PHASES if p == "student" or run.config.distill.control]
+    dist = run.dist
     for name in phases:
         phase = _Phase(run, name, state["phases"].get(name))
         if phase.done:
-            if not (out / phase.file_name).is_file():
-                phase.export(out / phase.file_name)
+            dist.run_on_main(functools.partial(phase.export, out / phase.file_name, missing_only=True))
             run.finished_phases[name] = phase
             continue
         for callback in callbacks:
             callback.on_phase_start(name)
         while not phase.complete:
             if budget is not None and budget <= 0:
-                return _write_manifest(run, state, out, status="interrupted", current=phase)
+                return _publish_manifest(run, state, out, status="interrupted", current=phase)
             record = phase.run_epoch(callbacks)
             if budget is not None:
                 budget -= 1
             state["phases"][name] = phase.state_dict()
-            _save_checkpoint(checkpoint_path, state)
-            _write_manifest(run, state, out, status="running", current=phase)
+            _save(run, checkpoint_path, state, manifest_status="running", current=phase)
             run.say(phase.describe(record))
             for callback in callbacks:
                 callback.on_epoch_end(name, dict(record))
         phase.finish()
-        phase.export(out / phase.file_name)
+        dist.run_on_main(functools.partial(phase.export, out / phase.file_name))
         state["phases"][name] = phase.state_dict()
-        _save_checkpoint(checkpoint_path, state)
+        _save(run, checkpoint_path, state)
         run.finished_phases[name] = phase
         run.say(f"{name}: wrote {out / phase.file_name}")
-    return _write_manifest(run, state, out, status="finished", current=None)
+    return _publish_manifest(run, state, out, status="finished", current=None)
+
+
+def _save(
+    run: _Run, path: Path, state: dict[str, Any], *, manifest_status: str | None = None, current: _Phase | None = None
+) -> None:
+    """Rank 0 writes the checkpoint (and the manifest) while the others wait."""
+    state["world_size"] = run.dist.world_size
+
+    def write() -> None:
+        _save_checkpoint(path, state)
+        if manifest_status is not None:
+            _write_manifest(run, state, path.parent, status=manifest_status, current=current)
+
+    run.dist.run_on_main(write)
+
+
+def _publish_manifest(
+    run: _Run, state: Mapping[str, Any], out: Path, *, status: str, current: _Phase | None
+) -> dict[str, Any]:
+    """Rank 0 writes the manifest; every rank returns it."""
+    return run.dist.run_on_main(lambda: _write_manifest(run, state, out, status=status, current=current))
 
 
 # -- the run: data, teacher and its logits, shared by both phases -------------
@@ -325,9 +376,19 @@ def _run_phases(
 class _Run:
     """Everything both phases share: config, device, data tensors, the teacher and its logits."""
 
-    def __init__(self, config: TrainConfig, device: str, *, teacher: Any, use_cache: bool, say: Callable[[str], None]):
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: str,
+        *,
+        teacher: Any,
+        use_cache: bool,
+        say: Callable[[str], None],
+        dist: Dist = SINGLE,
+    ):
         self.config = config
         self.device = device
+        self.dist = dist
         self.say = say
         self.bf16 = _use_bf16(config, device)
         self.cache = OutputCache(config.distill.cache_dir, enabled=use_cache)
@@ -391,7 +452,7 @@ class _Run:
             self.cacheable = False
             return model, parameter_fingerprint(model)
         self.cacheable = True
-        return model, model_fingerprint(self.config.teacher) or parameter_fingerprint(model)
+        return model, model_fingerprint(self.config.teacher) or parameter_fingerprint(model, self.config.teacher)
 
     def _teacher_logits(self, data: Dataset) -> np.ndarray:
         """The teacher's logits on every row of ``data``, through the output cache, in row order."""
@@ -411,7 +472,7 @@ class _Run:
             self.teacher.predict_logits, data.x, batch_size=batch_size, model="teacher", dataset=data.name
         )
         self.say(f"teacher on {data.name}: {data.n} examples in {time.perf_counter() - start:.2f} s")
-        if key:
+        if key and self.dist.is_main:
             self.cache.store(
                 key,
                 logits,
@@ -500,6 +561,10 @@ class _Phase:
         # and sees the same batches in the same order.
         torch.manual_seed(options.seed)
         self.model = run.build_student()
+        if run.dist.rank:
+            # Other ranks draw their own dropout masks; rank 0 keeps the one-process stream.
+            torch.manual_seed(_rank_seed(options.seed, run.dist.rank))
+        self._ddp: nn.Module | None = None  # the student wrapped in DistributedDataParallel, on first use
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=options.epochs)
@@ -528,30 +593,60 @@ class _Phase:
 
     # -- training ----------------------------------------------------------------
 
-    def _epoch_rows(self) -> Iterator[torch.Tensor]:
-        """This epoch's batches of dataset rows: one seeded permutation, cut in batch_size pieces.
+    def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches: ``(global batch, this rank's rows of it)``.
 
-        The one place the batch order is drawn; a distributed run would take its
-        rank's shard of the same permutation here (e.g. ``perm[rank::world_size]``).
+        The one place the batch order is drawn: one seeded permutation per epoch
+        (the same on every rank), cut in pieces of ``batch_size``. ``batch_size``
+        is the *global* batch: under torchrun rank ``r`` of ``K`` takes the rows
+        ``batch[r::K]`` of every batch, so K processes take the same optimiser
+        steps on the same batches as one, each rank a strided share of about
+        ``batch_size / K`` rows (with ``batch_size`` a multiple of K, exactly
+        DistributedSampler's ``perm[r::K]`` cut in pieces of ``batch_size / K``).
         """
         perm = torch.randperm(len(self.run.train_x), generator=self.order)
-        yield from perm.split(self.options.batch_size)
+        dist = self.run.dist
+        for batch in perm.split(self.options.batch_size):
+            yield batch, (batch[dist.rank :: dist.world_size] if dist.enabled else batch)
+
+    def _trained_model(self) -> nn.Module:
+        """The module the optimiser steps through: the student, wrapped in DDP under torchrun."""
+        dist = self.run.dist
+        if not dist.enabled:
+            return self.model
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [torch.device(dist.device).index] if dist.device.startswith("cuda") else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        return self._ddp
 
     def run_epoch(self, callbacks: Sequence[TrainCallback]) -> dict[str, Any]:
-        run, options = self.run, self.options
+        run, options, dist = self.run, self.options, self.run.dist
         epoch = self.epoch + 1
         start = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
+        model = self._trained_model()
         self.model.train()
         total = torch.zeros((), dtype=torch.float64, device=run.device)
-        for rows in self._epoch_rows():
+        for batch, rows in self._epoch_batches():
             x = run.train_x[rows]
             if run.config.augment.enabled:
-                x = x + torch.randn(x.shape, generator=self.noise) * run.config.augment.noise_std
+                # Noise for the whole global batch, then this rank's rows: the inputs one process would see.
+                noise = torch.randn((len(batch), *x.shape[1:]), generator=self.noise)
+                if dist.enabled:
+                    noise = noise[dist.rank :: dist.world_size]
+                x = x + noise * run.config.augment.noise_std
             x = x.to(run.device)
             y = run.train_y[rows].to(run.device)
             with run.autocast():
-                logits = _as_logits(self.model(x), "student")
+                logits = _as_logits(model(x), "student")
+            if not len(rows):
+                # A last batch smaller than the world: this rank adds a zero gradient to DDP's average.
+                self.optimizer.zero_grad(set_to_none=True)
+                (logits.float().sum() * 0.0).backward()
+                self.optimizer.step()
+                continue
             teacher_logits = None
             if self.uses_teacher:
                 if run.train_teacher_logits is not None:
@@ -569,14 +664,19 @@ class _Phase:
             else:
                 loss = F.cross_entropy(logits.float(), y)  # the control: labels only
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if dist.enabled:
+                # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+                # global batch makes that average the gradient of the global batch's mean loss.
+                (loss * (len(rows) * dist.world_size / len(batch))).backward()
+            else:
+                loss.backward()
             self.optimizer.step()
             total += loss.detach().double() * len(rows)
             for callback in callbacks:
                 callback.on_batch(self.name, epoch, rows, teacher_logits, loss.detach())
         if self.scheduler is not None:
             self.scheduler.step()
-        train_loss = float(total) / len(run.train_x)
+        train_loss = float(dist.all_reduce_sum(total)) / len(run.train_x)
         if not np.isfinite(train_loss):
             raise ModelError(
                 f"{self.name} training diverged in epoch {epoch}: the loss is {train_loss}; lower [distill] lr "
@@ -596,15 +696,24 @@ class _Phase:
         return record
 
     def evaluate(self) -> tuple[float, float]:
-        """Top-1 accuracy against the labels and top-1 agreement with the teacher on the validation set."""
+        """Top-1 accuracy against the labels and top-1 agreement with the teacher on the validation set.
+
+        Under torchrun each rank predicts its share of whole batches (:func:`shard_rows` with
+        ``block = teacher_batch_size``) and every rank gathers all predictions back in row
+        order, each example exactly once; the numbers are then those one process computes.
+        """
         run = self.run
+        dist, n, size = run.dist, len(run.val_x), self.options.teacher_batch_size
+        val_x = run.val_x[torch.from_numpy(dist.shard(n, block=size))] if dist.enabled else run.val_x
         self.model.eval()
-        preds = []
+        preds = [torch.empty(0, dtype=torch.int64)]
         with torch.no_grad(), run.autocast():
-            for x in run.val_x.split(self.options.teacher_batch_size):
+            for x in val_x.split(size):
                 preds.append(_as_logits(self.model(x.to(run.device)), self.name).float().argmax(dim=1).cpu())
         self.model.train()
         pred = torch.cat(preds)
+        if dist.enabled:
+            pred = dist.gather_rows(pred, n, block=size)
         accuracy = float((pred == run.val_y).double().mean())
         agreement = float((pred == run.teacher_val_preds).double().mean())
         return accuracy, agreement
@@ -645,8 +754,10 @@ class _Phase:
 
     # -- export ------------------------------------------------------------------
 
-    def export(self, path: Path) -> None:
+    def export(self, path: Path, *, missing_only: bool = False) -> None:
         """Write the model as a torch.export program with a dynamic batch dimension (or TorchScript)."""
+        if missing_only and path.is_file():
+            return
         model = copy.deepcopy(self.model).cpu().float().eval()
         example = self.run.train_x[: max(2, min(8, len(self.run.train_x)))]
         with warnings.catch_warnings():
@@ -679,7 +790,11 @@ class _Phase:
             "order": self.order.get_state(),
             "noise": self.noise.get_state(),
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        dist = self.run.dist
+        if dist.enabled:
+            # Each rank's own global stream (dropout), so a resume with as many ranks continues exactly.
+            rng["ranks"] = dist.all_gather_object(_rank_rng_state(dist.device))
+        elif torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "records": [dict(r) for r in self.records],
@@ -704,7 +819,22 @@ class _Phase:
         torch.set_rng_state(rng["torch"])
         self.order.set_state(rng["order"])
         self.noise.set_state(rng["noise"])
-        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        dist = self.run.dist
+        ranks = rng.get("ranks")
+        if dist.enabled and ranks is not None and len(ranks) == dist.world_size:
+            own = ranks[dist.rank]
+            torch.set_rng_state(own["torch"])
+            if own.get("cuda") is not None and dist.device.startswith("cuda"):
+                torch.cuda.set_rng_state(own["cuda"], dist.device)
+        elif dist.rank:
+            # Another world size than the checkpoint's: a fresh stream for this rank's dropout.
+            torch.manual_seed(_rank_seed(self.options.seed, dist.rank, len(self.records)))
+        elif (
+            not dist.enabled
+            and "cuda" in rng
+            and torch.cuda.is_available()
+            and len(rng["cuda"]) == torch.cuda.device_count()
+        ):
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.best = state["best"]
         self.bad_epochs = int(state["bad_epochs"])
@@ -823,6 +953,11 @@ def _write_manifest(
         },
         "data": {"train": run.train_data.describe(), "val": run.val_data.describe()},
         "environment": {**environment(), "device": run.device, "precision": "bf16" if run.bf16 else "fp32"},
+        "distributed": {
+            "world_size": run.dist.world_size,
+            "backend": run.dist.backend,
+            "global_batch_size": config.distill.batch_size,
+        },
         "student": student,
         "control": model_entry("control"),
         "epochs": [dict(r) for r in epochs],
@@ -832,6 +967,16 @@ def _write_manifest(
 
 
 # -- helpers ------------------------------------------------------------------
+
+
+def _rank_seed(*entropy: int) -> int:
+    """A seed for a rank's own random stream, from the config's seed, the rank (and the epoch)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _rank_rng_state(device: str) -> dict[str, Any]:
+    cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}
 
 
 def _labelled(data: Dataset, role: str) -> Dataset:

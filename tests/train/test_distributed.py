@@ -1,0 +1,226 @@
+"""Distributed training: shards and exact gathering, the process group, and `train` under torchrun (2 CPU ranks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill_eval.config import ModelSpec
+from distill_eval.data import load_builtin
+from distill_eval.errors import ConfigError
+from distill_eval.models import load_model
+from distill_eval.train import load_train_config, train, zoo
+from distill_eval.train.distributed import SINGLE, assemble_rows, launch_environment, process_group, shard_rows
+
+WEIGHTS = Path(zoo.__file__).with_name("weights")
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def torchrun(cwd: Path, *args: str, nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --nproc_per_node=2 --master_port=<free> ARGS`` on CPU, one thread each."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        *args,
+    ]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- shards and gathering ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 540])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_shards_cover_every_row_exactly_once(n: int, world_size: int, block: int) -> None:
+    shards = [shard_rows(n, rank, world_size, block=block) for rank in range(world_size)]
+    every = np.concatenate(shards)
+    assert np.array_equal(np.sort(every), np.arange(n))  # no row lost, none twice, no padding
+    for rank, rows in enumerate(shards):
+        assert np.all(np.diff(rows) > 0)
+        assert all((row // block) % world_size == rank for row in rows)  # whole blocks, dealt in turn
+    sizes = [len(rows) for rows in shards]
+    assert max(sizes) - min(sizes) <= block
+
+
+def test_uneven_shards_of_seven_rows_on_two_ranks_reassemble_in_row_order() -> None:
+    values = torch.arange(7) * 10
+    shards = [values[torch.from_numpy(shard_rows(7, rank, 2))] for rank in range(2)]
+    assert [s.tolist() for s in shards] == [[0, 20, 40, 60], [10, 30, 50]]
+    assert torch.equal(assemble_rows(shards, 7), values)
+    blocks = [values[torch.from_numpy(shard_rows(7, rank, 2, block=3))] for rank in range(2)]
+    assert [b.tolist() for b in blocks] == [[0, 10, 20, 60], [30, 40, 50]]
+    assert torch.equal(assemble_rows(blocks, 7, block=3), values)
+    with pytest.raises(ValueError, match=r"rank 1 holds 4 rows, but its share of 7 rows .* is 3"):
+        assemble_rows([shards[0], shards[0]], 7)
+
+
+GATHER_SCRIPT = """
+import json, sys, torch
+from distill_eval.errors import ConfigError, ModelError
+from distill_eval.train.distributed import origin_rank, process_group
+
+with process_group("cpu") as dist:
+    out = {"rank": dist.rank, "world_size": dist.world_size, "backend": dist.backend}
+    for n, block in ((7, 1), (7, 3), (1, 1), (1, 4)):  # uneven shards; with n = 1 rank 1 has no rows
+        rows = torch.from_numpy(dist.shard(n, block=block))
+        local = torch.stack([rows * 10, rows * 10 + 1], dim=1).float() if len(rows) else torch.empty(0)
+        everywhere = dist.gather_rows(local, n, block=block)
+        on_main = dist.gather_rows(local, n, block=block, dst=0)
+        out[f"{n}/{block}"] = [everywhere.tolist(), None if on_main is None else on_main.tolist()]
+    out["loss"] = float(dist.all_reduce_sum(torch.tensor(float(dist.rank + 1), dtype=torch.float64)))
+    try:
+        dist.run_on_main(lambda: (_ for _ in ()).throw(ConfigError("bad key", file="cfg.toml")))
+    except ConfigError as e:
+        out["main_error"] = [str(e), origin_rank(e)]
+    def fail_on_one():
+        if dist.rank == 1:
+            raise ModelError("rank 1 cannot")
+        return "fine"
+    try:
+        dist.everywhere(fail_on_one)
+    except ModelError as e:
+        out["everywhere_error"] = [str(e), origin_rank(e)]
+    out["first"] = dist.main_first(lambda: dist.rank)
+with open(sys.argv[1] + f".{out['rank']}.json", "w") as f:
+    json.dump(out, f)
+"""
+
+
+def test_gather_is_exact_with_uneven_shards_on_two_processes(tmp_path: Path) -> None:
+    (tmp_path / "gather.py").write_text(GATHER_SCRIPT)
+    done = torchrun(tmp_path, "gather.py", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{rank}.json").read_text()) for rank in range(2)]
+    for rank, out in enumerate(ranks):
+        assert (out["rank"], out["world_size"], out["backend"]) == (rank, 2, "gloo")
+        for n, block in ((7, 1), (7, 3), (1, 1), (1, 4)):
+            everywhere, on_main = out[f"{n}/{block}"]
+            assert everywhere == [[10.0 * i, 10.0 * i + 1] for i in range(n)]  # row order, each row once
+            assert on_main == (everywhere if rank == 0 else None)
+        assert out["loss"] == 3.0
+        # An error is raised on every rank: the original where it happened, a marked copy elsewhere.
+        assert out["main_error"] == ["cfg.toml: bad key", None if rank == 0 else 0]
+        assert out["everywhere_error"] == ["rank 1 cannot", None if rank == 1 else 1]
+        assert out["first"] == rank
+
+
+def test_launch_environment_and_a_single_process() -> None:
+    assert launch_environment({}) is None
+    assert launch_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == (1, 2, 1)
+    with pytest.raises(ConfigError, match=r"torchrun's environment is inconsistent \(RANK=2, WORLD_SIZE=2"):
+        launch_environment({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert SINGLE.shard(5).tolist() == [0, 1, 2, 3, 4]
+    local = torch.arange(5)
+    assert SINGLE.gather_rows(local, 5) is local and SINGLE.run_on_main(lambda: 3) == 3
+
+
+def test_outside_torchrun_or_with_one_process_no_group_is_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with process_group("cpu") as dist:
+        assert dist == SINGLE and not torch.distributed.is_initialized()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with process_group("cpu") as dist:
+        assert not dist.enabled and dist.device == "cpu" and not torch.distributed.is_initialized()
+
+
+# -- train under torchrun -------------------------------------------------------------------
+
+CONFIG = f"""
+[data]
+train = {{ source = "sklearn:digits", split = "train" }}
+val = {{ source = "sklearn:digits", split = "test" }}
+
+[teacher]
+factory = "distill_eval.train.zoo:digits_teacher"
+weights = "{WEIGHTS / "digits_teacher.pt"}"
+
+[student]
+factory = "distill_eval.train.zoo:digits_student"
+kwargs = {{ hidden = [8] }}
+
+[distill]
+epochs = 2
+batch_size = 157          # 1257 rows: 8 global batches of 79 + 78 rows, then a last row: rank 1 gets none
+teacher_batch_size = 64   # 540 validation rows: 9 blocks, 284 + 256 rows on two ranks
+lr = 0.01
+device = "cpu"
+cache_dir = "cache"
+
+[augment]
+noise_std = 0.05          # drawn per global batch: both ranks see the inputs one process sees
+
+[output]
+dir = "run"
+"""
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_with_two_processes_and_a_resume(tmp_path: Path) -> None:
+    (tmp_path / "cfg.toml").write_text(CONFIG)
+    first = torchrun(tmp_path, "-m", "distill_eval", "train", "cfg.toml", "--max-epochs-this-run", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("student epoch 1/2") == 1 and first.stdout.count("unfinished") == 1  # rank 0 logs
+    second = torchrun(tmp_path, "-m", "distill_eval", "train", "cfg.toml", "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("resuming") == 1 and "student epoch 1/2" not in second.stdout
+    assert second.stdout.count("student epoch 2/2") == 1 and second.stdout.count("student: wrote") == 1
+
+    # One set of outputs, written by rank 0 alone: no second file, no temporary left behind.
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "manifest.json", "student.pt2"]
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # the teacher's validation logits, once
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finished"] and [r["epoch"] for r in manifest["epochs"]] == [1, 2]
+    assert manifest["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch_size": 157}
+
+    # Validation counted every example once: the exported student scores the same, exactly.
+    val = load_builtin("sklearn:digits", split="test")
+    pred = load_model(ModelSpec(name="student", path=out / "student.pt2")).predict_logits(val.x).argmax(1)
+    teacher = load_model(
+        ModelSpec(
+            name="teacher", factory="distill_eval.train.zoo:digits_teacher", weights=WEIGHTS / "digits_teacher.pt"
+        )
+    )
+    assert float(np.mean(pred == val.y)) == manifest["epochs"][-1]["val_accuracy"]
+    assert float(np.mean(pred == teacher.predict_logits(val.x).argmax(1))) == manifest["epochs"][-1]["val_agreement"]
+
+    # batch_size is the global batch: two processes (and a resume) take the steps one process takes.
+    single = train(load_train_config(tmp_path / "cfg.toml").with_output_dir(tmp_path / "single"), log=None)
+    assert single.manifest["distributed"]["world_size"] == 1
+    for a, b in zip(manifest["epochs"], single.epochs, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert (a["val_accuracy"], a["val_agreement"]) == (b["val_accuracy"], b["val_agreement"])
+    two = torch.load(out / "checkpoint.pt", weights_only=True)
+    one = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    assert len(two["phases"]["student"]["rng"]["ranks"]) == 2  # each rank's random state, for exact resumes
+    for key, value in one["phases"]["student"]["model"].items():
+        torch.testing.assert_close(two["phases"]["student"]["model"][key], value, rtol=0, atol=1e-6)
