@@ -1,150 +1,58 @@
 """Rebuild the built-in default teacher and student for ``sklearn:digits``.
 
-Run ``python -m distill_eval.train.builtin [--out DIR]``. The teacher
-(:func:`~distill_eval.train.zoo.digits_teacher`) is trained with cross-entropy
-on the train split of ``sklearn:digits``; the student
-(:func:`~distill_eval.train.zoo.digits_student`) is distilled from it with
-:func:`~distill_eval.train.loss.kd_loss` (T = 4, alpha = 0.9) on the same split.
-Both state dicts are saved with ``torch.save`` as ``digits_teacher.pt`` and
-``digits_student.pt``, by default into ``distill_eval/train/weights/``.
+Run ``python -m distill_eval.train.builtin [--out DIR]``. It runs the reference
+trainer (:func:`~distill_eval.train.train`) on the example config
+``distill_eval/train/examples/digits_from_scratch.toml``: the teacher
+(:func:`~distill_eval.train.zoo.digits_teacher`) is trained there with
+cross-entropy on the train split of ``sklearn:digits`` (``[teacher] train =
+true``), and the student (:func:`~distill_eval.train.zoo.digits_student`) is
+distilled from it (T = 4, alpha = 0.9) on the same split. The state dicts of the
+two trained models are saved with ``torch.save`` as ``digits_teacher.pt`` and
+``digits_student.pt``, by default into ``distill_eval/train/weights/``, where the
+default project config loads them (factory + weights).
 
-The build is deterministic: every random draw comes from an explicit seed, so
-two runs on the same machine and PyTorch version write bit-identical files.
+The build is deterministic: every random draw comes from a seed in the config
+and it runs on one CPU thread, so two runs on the same machine and PyTorch
+version write bit-identical files.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from numpy.typing import ArrayLike
 from torch import nn
 
 from distill_eval.data import load_builtin
 from distill_eval.metrics import expected_calibration_error
-from distill_eval.train.loss import kd_loss
+from distill_eval.train.config import load_train_config
+from distill_eval.train.trainer import train
 from distill_eval.train.zoo import digits_student, digits_teacher
 
-__all__ = [
-    "DEFAULT_OUT",
-    "STUDENT_FILE",
-    "TEACHER_FILE",
-    "build_default",
-    "distill_student",
-    "main",
-    "train_teacher",
-]
+__all__ = ["CONFIG", "DEFAULT_OUT", "STUDENT_FILE", "TEACHER_FILE", "build_default", "main"]
 
 DEFAULT_OUT = Path(__file__).resolve().with_name("weights")
+CONFIG = Path(__file__).resolve().with_name("examples") / "digits_from_scratch.toml"
 TEACHER_FILE = "digits_teacher.pt"
 STUDENT_FILE = "digits_student.pt"
 SOURCE = "sklearn:digits"
 
-# Loss of one mini-batch from its logits and the row indices of the batch.
-_BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def train_teacher(
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    factory: Callable[[], nn.Module] = digits_teacher,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    label_smoothing: float = 0.0,
-    seed: int = 0,
-) -> nn.Module:
-    """Train a teacher with cross-entropy on labelled data.
-
-    Parameters
-    ----------
-    x : array-like of shape (n_samples, ...)
-        Inputs, converted to float32.
-    y : array-like of shape (n_samples,)
-        Integer class labels.
-    factory : callable, default digits_teacher
-        Builds the untrained model.
-    epochs, batch_size, lr, weight_decay : int, int, float, float
-        Adam settings; each epoch visits every example once in a seeded order.
-    label_smoothing : float, default 0.0
-        Passed to ``F.cross_entropy``; tempers the teacher's confidence.
-    seed : int, default 0
-        Seeds the initial weights and the batch order.
-
-    Returns
-    -------
-    nn.Module
-        The trained teacher, in eval mode.
-    """
-    targets = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-
-    def loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets[rows], label_smoothing=label_smoothing)
-
-    return _fit(factory, x, loss, epochs=epochs, batch_size=batch_size, lr=lr, wd=weight_decay, seed=seed)
-
-
-def distill_student(
-    teacher: nn.Module,
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    factory: Callable[[], nn.Module] = digits_student,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    epochs: int = 60,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    weight_decay: float = 0.0,
-    seed: int = 1,
-) -> nn.Module:
-    """Distil a student from a teacher with :func:`~distill_eval.train.loss.kd_loss`.
-
-    Parameters
-    ----------
-    teacher : nn.Module
-        The trained teacher; it is run once, in eval mode, and never updated.
-    x : array-like of shape (n_samples, ...)
-        Inputs, converted to float32.
-    y : array-like of shape (n_samples,)
-        Integer class labels, for the ``(1 - alpha)`` cross-entropy term.
-    factory : callable, default digits_student
-        Builds the untrained student.
-    temperature, alpha : float
-        As in :func:`~distill_eval.train.loss.kd_loss`.
-    epochs, batch_size, lr, weight_decay : int, int, float, float
-        Adam settings; each epoch visits every example once in a seeded order.
-    seed : int, default 1
-        Seeds the initial weights and the batch order.
-
-    Returns
-    -------
-    nn.Module
-        The trained student, in eval mode.
-    """
-    targets = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    # The teacher is fixed and there is no augmentation, so its logits are computed once.
-    teacher_logits = _logits(teacher, x)
-
-    def loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return kd_loss(logits, teacher_logits[rows], targets[rows], temperature=temperature, alpha=alpha)
-
-    return _fit(factory, x, loss, epochs=epochs, batch_size=batch_size, lr=lr, wd=weight_decay, seed=seed)
-
-
-def build_default(out_dir: str | Path = DEFAULT_OUT) -> dict[str, float]:
-    """Train the default teacher, distil the default student, save both, and score them.
+def build_default(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = CONFIG) -> dict[str, float]:
+    """Train the default teacher, distil the default student, save both state dicts, and score them.
 
     Parameters
     ----------
     out_dir : str or Path, default ``distill_eval/train/weights/``
         Folder for ``digits_teacher.pt`` and ``digits_student.pt``; created if missing.
+    config : str or Path, default ``examples/digits_from_scratch.toml``
+        The training config; it must train its teacher (``[teacher] train = true``).
+        Its run (exported models, manifest, checkpoint) goes to a temporary folder
+        and the output cache is not used.
 
     Returns
     -------
@@ -153,16 +61,21 @@ def build_default(out_dir: str | Path = DEFAULT_OUT) -> dict[str, float]:
         (student/teacher top-1), ``teacher_ece`` and ``student_ece`` (top-label,
         15 equal-width bins).
     """
-    train = load_builtin(SOURCE, split="train")
-    test = load_builtin(SOURCE, split="test")
-    teacher = train_teacher(train.x, train.y)
-    student = distill_student(teacher, train.x, train.y)
+    train_config = load_train_config(config)
+    if train_config.teacher_training is None:
+        raise ValueError(f"{config}: the built-in default trains its teacher; set [teacher] train = true")
+    with tempfile.TemporaryDirectory(prefix="distill_eval_builtin_") as tmp:
+        result = train(train_config.with_output_dir(tmp), log=None, use_cache=False)
+        assert result.teacher_path is not None and result.student_path is not None
+        teacher = _as_module(result.teacher_path, digits_teacher, train_config.teacher.kwargs)
+        student = _as_module(result.student_path, digits_student, train_config.student.kwargs)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(teacher.state_dict(), out / TEACHER_FILE)
     torch.save(student.state_dict(), out / STUDENT_FILE)
 
+    test = load_builtin(SOURCE, split="test")
     teacher_probs = torch.softmax(_logits(teacher, test.x), dim=1).numpy()
     student_probs = torch.softmax(_logits(student, test.x), dim=1).numpy()
     teacher_pred, student_pred = teacher_probs.argmax(1), student_probs.argmax(1)
@@ -182,10 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Rebuild the built-in default teacher and student weights for sklearn:digits.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--config", type=Path, default=CONFIG, help=f"training config (default: {CONFIG})")
     args = parser.parse_args(argv)
     # One thread: the same float operation order on any machine, and fast enough for these sizes.
     torch.set_num_threads(1)
-    metrics = build_default(args.out)
+    metrics = build_default(args.out, config=args.config)
     print(
         f"teacher: test accuracy {metrics['teacher_accuracy']:.4f}, ece {metrics['teacher_ece']:.4f}"
         f" -> {args.out / TEACHER_FILE}"
@@ -200,35 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- internals -------------------------------------------------------------
 
 
-def _fit(
-    factory: Callable[[], nn.Module],
-    x: ArrayLike,
-    loss: _BatchLoss,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    wd: float,
-    seed: int,
-) -> nn.Module:
-    """Build a model from a seeded init and train it with Adam on shuffled mini-batches."""
-    inputs = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    # fork_rng: seed the initial weights without changing the caller's global RNG state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = factory()
-    order = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-    model.train()
-    for _ in range(epochs):
-        for rows in torch.randperm(len(inputs), generator=order).split(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            loss(model(inputs[rows]), rows).backward()
-            optimizer.step()
-    return model.eval()
+def _as_module(path: Path, factory: Callable[..., nn.Module], kwargs: dict) -> nn.Module:
+    """The weights of an exported program, loaded (strictly) into a fresh module from ``factory``."""
+    program = torch.export.load(path)
+    module = factory(**kwargs)
+    module.load_state_dict(program.module().state_dict(), strict=True)
+    return module.eval()
 
 
-def _logits(model: nn.Module, x: ArrayLike) -> torch.Tensor:
+def _logits(model: nn.Module, x: np.ndarray) -> torch.Tensor:
     """Logits of ``model`` on all of ``x``, without gradients."""
     model.eval()
     with torch.no_grad():

@@ -9,6 +9,11 @@ A training config has the tables ``[data]``, ``[teacher]``, ``[student]``,
 
     [teacher]
     path = "teacher.pt"                  # any model spec the plugin loads
+    # or train it first, with cross-entropy on [data] train (see TeacherTraining for the defaults):
+    # train = true
+    # factory = "distill_eval.train.zoo:digits_teacher"
+    # kwargs = {}
+    # epochs = 30, lr = 0.001, batch_size = 64, weight_decay = 0.0, label_smoothing = 0.0, seed = <[distill] seed>
 
     [student]
     factory = "mystudent:build"          # callable returning an nn.Module (cwd is importable)
@@ -69,9 +74,11 @@ from distill_eval.errors import ConfigError
 
 __all__ = [
     "FILTERS",
+    "TEACHER_RECIPE_KEYS",
     "AugmentOptions",
     "DistillOptions",
     "OutputOptions",
+    "TeacherTraining",
     "TrainConfig",
     "load_train_config",
     "parse_train_config",
@@ -81,6 +88,8 @@ FILTERS = ("none", "drop", "relabel")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
 FORMATS = ("export", "torchscript")
+#: the keys of a ``[teacher]`` table with ``train = true`` that set the teacher's recipe
+TEACHER_RECIPE_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "label_smoothing", "seed")
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,26 @@ class DistillOptions:
     precision: str = "fp32"
     teacher_batch_size: int = 256
     cache_dir: Path = Path(".distill_cache")
+
+
+@dataclass(frozen=True)
+class TeacherTraining:
+    """The recipe of a ``[teacher]`` table with ``train = true``: the teacher is trained before the student.
+
+    The teacher (``factory`` + ``kwargs``) learns ``F.cross_entropy`` with
+    ``label_smoothing`` on ``[data] train`` (with ``[augment]`` if set), with
+    Adam, a constant learning rate, batches of ``batch_size`` in a seeded order
+    and a seeded initialisation (``seed``; unset, ``[distill] seed``). The other
+    ``[distill]`` settings (``device``, ``precision``, ``teacher_batch_size`` for
+    validation) apply to it too.
+    """
+
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,12 +174,15 @@ class TrainConfig:
     train, val : DatasetSpec
         ``[data] train`` and ``[data] val``; both need labels.
     teacher : ModelSpec
-        ``[teacher]``: any model the plugin loads.
+        ``[teacher]``: any model the plugin loads; with ``train = true``, the
+        ``factory`` (+ ``kwargs``) of the teacher to train.
     student : ModelSpec
         ``[student]``: a ``factory`` (with optional ``kwargs`` and initial ``weights``).
     distill : DistillOptions
     augment : AugmentOptions
     output : OutputOptions
+    teacher_training : TeacherTraining or None
+        Set when ``[teacher] train = true``: train the teacher first, with this recipe.
     file : Path or None
         The config file, for messages and the manifest.
     document : mapping
@@ -164,6 +196,7 @@ class TrainConfig:
     distill: DistillOptions
     output: OutputOptions
     augment: AugmentOptions = field(default_factory=AugmentOptions)
+    teacher_training: TeacherTraining | None = None
     file: Path | None = None
     document: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -222,9 +255,7 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
     train = dataset_spec_from_table("train", data["train"], file=name, base=base, where="[data] train")
     val = dataset_spec_from_table("val", data["val"], file=name, base=base, where="[data] val")
 
-    teacher = model_spec_from_table("teacher", teacher_table, file=name, base=base, where="[teacher]")
-    if teacher.path is None and teacher.factory is None:
-        raise ConfigError("set 'path' (a saved model) or 'factory' (+ 'weights')", file=name, where="[teacher]")
+    teacher, teacher_training = _teacher(teacher_table, file=name, base=base)
     student = model_spec_from_table("student", student_table, file=name, base=base, where="[student]")
     if student.factory is None:
         raise ConfigError(
@@ -267,9 +298,53 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
         distill=distill,
         output=output,
         augment=augment,
+        teacher_training=teacher_training,
         file=Path(file) if file is not None else None,
         document=dict(document),
     )
+
+
+def _teacher(table: Any, *, file: str, base: Path) -> tuple[ModelSpec, TeacherTraining | None]:
+    """The ``[teacher]`` table: a model to load, or (``train = true``) a factory and the recipe to train it."""
+    r = TableReader(table, file=file, where="[teacher]")
+    trains = r.boolean("train", False)
+    if not trains:
+        for key in TEACHER_RECIPE_KEYS:
+            if key in r.table:
+                raise r.error(f"'{key}' is a key of a teacher trained here; set 'train = true' or remove '{key}'")
+        rest = {key: value for key, value in r.table.items() if key != "train"}
+        teacher = model_spec_from_table("teacher", rest, file=file, base=base, where="[teacher]")
+        if teacher.path is None and teacher.factory is None:
+            raise r.error("set 'path' (a saved model) or 'factory' (+ 'weights'), or 'train = true' + 'factory'")
+        return teacher, None
+    for key in ("path", "weights"):
+        if key in r.table:
+            raise r.error(
+                f"'train = true' trains the teacher from scratch, so '{key}' cannot be set; "
+                f"remove '{key}' to train it, or 'train' to use {'that model' if key == 'path' else 'those weights'}"
+            )
+    factory = r.string("factory", None)
+    kwargs = r.table_of("kwargs", {})
+    defaults = TeacherTraining()
+    training = TeacherTraining(
+        epochs=r.integer("epochs", defaults.epochs, minimum=1),
+        lr=r.number("lr", defaults.lr, minimum=0, exclusive_minimum=True),
+        batch_size=r.integer("batch_size", defaults.batch_size, minimum=1),
+        weight_decay=r.number("weight_decay", defaults.weight_decay, minimum=0),
+        label_smoothing=r.number(
+            "label_smoothing", defaults.label_smoothing, minimum=0, maximum=1, exclusive_maximum=True
+        ),
+        seed=r.integer("seed", None, minimum=0),
+    )
+    r.finish()
+    if factory is None:
+        raise r.error(
+            "'train = true' needs 'factory' ('package.module:callable' returning the untrained teacher nn.Module)"
+        )
+    spec = model_spec_from_table(
+        "teacher", {"factory": factory, "kwargs": kwargs}, file=file, base=base, where="[teacher]"
+    )
+    return spec, training
 
 
 def _distill_options(r: TableReader, base: Path) -> DistillOptions:

@@ -1,18 +1,25 @@
 """The reference distillation trainer (SPEC section 7): ``distill-eval train CONFIG.toml``.
 
 :func:`train` reads a validated :class:`~distill_eval.train.config.TrainConfig`
-and runs up to two *phases* with the same architecture, recipe and seed:
+and runs up to three *phases*:
 
+- ``"teacher"`` (only with ``[teacher] train = true``): the teacher's
+  ``factory`` learns cross-entropy (with ``label_smoothing``) on the labels,
+  with its own recipe (:class:`~distill_eval.train.config.TeacherTraining`);
+  it is exported to ``teacher.pt2`` (or ``.pt``), which then serves as the
+  teacher of the next phases, loaded like any other;
 - ``"student"``: the student learns from the labels and the teacher's soft
   targets (:func:`distillation_loss`);
 - ``"control"`` (with ``control = true``): the same student on the labels
-  alone; the teacher is never called while it trains.
+  alone; the teacher is never called while it trains. It has the student's
+  architecture, recipe and seed.
 
-Into ``[output] dir`` it writes ``student.pt2`` (and ``control.pt2``):
+Into ``[output] dir`` it writes ``student.pt2`` (and ``teacher.pt2``, ``control.pt2``):
 torch.export programs with a dynamic batch dimension (``.pt`` TorchScript with
 ``[output] format = "torchscript"``); ``manifest.json`` (the config, the
 teacher's sha256, the data hashes, the seed, the environment and ``epochs``:
-one record per epoch, rewritten after every epoch); and ``checkpoint.pt``,
+one record per epoch, rewritten after every epoch; a trained teacher has
+``teacher.trained = true`` and its own ``teacher.epochs``); and ``checkpoint.pt``,
 written atomically after every epoch with the model, optimizer, scheduler and
 every random-number state, so ``--resume`` continues a run exactly where it
 stopped (N epochs straight and N/2 + resume + N/2 give the same weights).
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import sys
@@ -61,13 +69,14 @@ from torch import nn
 
 from distill_eval._hashing import sha256_file
 from distill_eval._io import atomic_write
+from distill_eval.config import ModelSpec
 from distill_eval.data import Dataset, load_dataset
 from distill_eval.errors import ConfigError, DataError, ModelError
 from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
 from distill_eval.outputs import OutputCache, compute_logits
 from distill_eval.results import environment
 from distill_eval.session import output_cache_key
-from distill_eval.train.config import FILTERS, TrainConfig
+from distill_eval.train.config import FILTERS, DistillOptions, TrainConfig
 from distill_eval.train.distributed import SINGLE, Dist, process_group
 from distill_eval.train.loss import kd_loss
 
@@ -81,7 +90,7 @@ __all__ = [
     "train",
 ]
 
-PHASES = ("student", "control")
+PHASES = ("teacher", "student", "control")
 CHECKPOINT_FILE = "checkpoint.pt"
 MANIFEST_FILE = "manifest.json"
 #: bump when the checkpoint layout changes; an older checkpoint is refused, never misread
@@ -162,13 +171,13 @@ class TrainCallback:
     """
 
     def on_phase_start(self, phase: str) -> None:
-        """Called before the first epoch of ``phase`` trained in this run ("student" or "control")."""
+        """Called before the first epoch of ``phase`` trained in this run ("teacher", "student" or "control")."""
 
     def on_batch(
         self, phase: str, epoch: int, rows: torch.Tensor, teacher_logits: torch.Tensor | None, loss: torch.Tensor
     ) -> None:
         """After each optimiser step: the dataset rows of the batch, the teacher's logits used for them
-        (None in the control phase) and the batch loss."""
+        (None in the teacher and control phases) and the batch loss."""
 
     def on_epoch_end(self, phase: str, record: Mapping[str, float]) -> None:
         """After each epoch, once its checkpoint and manifest are written."""
@@ -210,6 +219,12 @@ class TrainResult:
         return self.output_dir / file if file else None
 
     @property
+    def teacher_path(self) -> Path | None:
+        """The teacher trained in this run (``[teacher] train = true``), once exported."""
+        file = (self.manifest.get("teacher") or {}).get("file")
+        return self.output_dir / file if file else None
+
+    @property
     def epochs(self) -> list[dict[str, Any]]:
         """The student's per-epoch records."""
         return list(self.manifest.get("epochs", []))
@@ -217,6 +232,11 @@ class TrainResult:
     @property
     def control_epochs(self) -> list[dict[str, Any]]:
         return list((self.manifest.get("control") or {}).get("epochs", []))
+
+    @property
+    def teacher_epochs(self) -> list[dict[str, Any]]:
+        """The trained teacher's per-epoch records (empty when the teacher was loaded)."""
+        return list((self.manifest.get("teacher") or {}).get("epochs") or [])
 
 
 def train(
@@ -244,7 +264,8 @@ def train(
         Start afresh even if the output folder holds a run. Without ``resume``
         or ``overwrite`` an existing checkpoint is an error, never clobbered.
     teacher : nn.Module or Model, optional
-        Use this teacher instead of loading ``[teacher]`` (for notebooks and tests).
+        Use this teacher instead of loading ``[teacher]`` (for notebooks and tests);
+        not with ``[teacher] train = true``.
     callbacks : sequence of TrainCallback
     log : callable or None, default print
         Receives one line per epoch and a few progress lines.
@@ -271,6 +292,13 @@ def train(
     """
     if max_epochs_this_run is not None and max_epochs_this_run < 0:
         raise ValueError(f"max_epochs_this_run must be >= 0, got {max_epochs_this_run}")
+    if teacher is not None and config.teacher_training is not None:
+        raise ConfigError(
+            "a teacher was passed in, but the config trains its own ([teacher] train = true); "
+            "pass no teacher, or remove 'train' and the recipe keys from [teacher]",
+            file=_str(config.file),
+            where="[teacher]",
+        )
     out = Path(config.output.dir)
     checkpoint_path = out / CHECKPOINT_FILE
     with process_group(resolve_device(config.distill.device)) as dist:
@@ -319,13 +347,17 @@ def _run_phases(
 ) -> dict[str, Any]:
     """Train the phases not yet done, checkpointing after every epoch; returns the manifest written last."""
     checkpoint_path = out / CHECKPOINT_FILE
-    phases = [p for p in PHASES if p == "student" or run.config.distill.control]
+    config = run.config
+    wanted = {"teacher": config.teacher_training is not None, "student": True, "control": config.distill.control}
+    phases = [p for p in PHASES if wanted[p]]
     dist = run.dist
     for name in phases:
         phase = _Phase(run, name, state["phases"].get(name))
         if phase.done:
             dist.run_on_main(functools.partial(phase.export, out / phase.file_name, missing_only=True))
             run.finished_phases[name] = phase
+            if name == "teacher":
+                run.attach_trained_teacher(out / phase.file_name)
             continue
         for callback in callbacks:
             callback.on_phase_start(name)
@@ -346,6 +378,8 @@ def _run_phases(
         _save(run, checkpoint_path, state)
         run.finished_phases[name] = phase
         run.say(f"{name}: wrote {out / phase.file_name}")
+        if name == "teacher":
+            run.attach_trained_teacher(out / phase.file_name)
     return _publish_manifest(run, state, out, status="finished", current=None)
 
 
@@ -374,7 +408,11 @@ def _publish_manifest(
 
 
 class _Run:
-    """Everything both phases share: config, device, data tensors, the teacher and its logits."""
+    """Everything the phases share: config, device, data tensors, the teacher and its logits.
+
+    With ``[teacher] train = true`` there is no teacher until the teacher phase
+    is done: :meth:`attach_trained_teacher` then loads it from its exported file.
+    """
 
     def __init__(
         self,
@@ -400,22 +438,48 @@ class _Run:
         self.val_x = torch.from_numpy(self.val_data.x)
         self.val_y = torch.from_numpy(self.val_data.y)
 
-        self.teacher, self.teacher_fingerprint = self._load_teacher(teacher)
-        self.teacher_sha256 = _teacher_sha256(config, teacher)
+        self.teacher_spec = config.teacher
         self.teacher_info: dict[str, Any] = {}
+        self.train_teacher_logits: torch.Tensor | None = None
+        self.teacher: Model | None = None
+        self.teacher_fingerprint: str | None = None
+        self.teacher_sha256: str | None = None
+        self.teacher_val_preds: torch.Tensor | None = None
+        self.n_classes: int | None = None
+        if config.teacher_training is None:
+            self.teacher, self.teacher_fingerprint = self._load_teacher(teacher)
+            self.teacher_sha256 = _teacher_sha256(config, teacher)
+            self._prepare_teacher()
+
+    def attach_trained_teacher(self, path: Path) -> None:
+        """After the teacher phase: the exported teacher becomes the teacher, loaded as any other."""
+        self.teacher_spec = ModelSpec(name="teacher", path=path)
+
+        def attach() -> None:
+            self.teacher, self.teacher_fingerprint = self._load_teacher(None)
+            self.teacher_sha256 = sha256_file(path)
+            self._prepare_teacher()
+
+        # Rank 0 first: it fills the output cache with the teacher's logits that the others then read.
+        self.dist.main_first(attach)
+
+    def _prepare_teacher(self) -> None:
+        """The teacher's validation predictions (and training logits offline), and the class count."""
         val_logits = self._teacher_logits(self.val_data)
         self.n_classes = int(val_logits.shape[1])
         self.teacher_val_preds = torch.from_numpy(val_logits.argmax(axis=1))
-        self.train_teacher_logits: torch.Tensor | None = None
-        if config.distill.offline:
+        if self.config.distill.offline:
             logits = self._teacher_logits(self.train_data)
             self._probe(logits)
             self.train_teacher_logits = torch.from_numpy(logits)
+        self._check_labels()
+
+    def _check_labels(self) -> None:
         for data in (self.train_data, self.val_data):
-            if int(data.y.max()) >= self.n_classes:
+            if int(data.y.max()) >= (self.n_classes or 0):
                 raise DataError(
                     f"dataset '{data.name}' ({data.source}) has label {int(data.y.max())}, but the teacher "
-                    f"({config.teacher.describe()}) has only {self.n_classes} classes"
+                    f"({self.teacher_spec.describe()}) has only {self.n_classes} classes"
                 )
 
     def identity(self) -> dict[str, Any]:
@@ -441,7 +505,7 @@ class _Run:
         if injected is not None:
             model = wrap_model("teacher", injected, device=self.device, format="object")
         else:
-            model = load_model(self.config.teacher, device=self.device)
+            model = load_model(self.teacher_spec, device=self.device)
         module = model.module
         if isinstance(module, nn.Module):
             with contextlib.suppress(NotImplementedError):  # torch.export programs are captured in eval mode
@@ -452,10 +516,11 @@ class _Run:
             self.cacheable = False
             return model, parameter_fingerprint(model)
         self.cacheable = True
-        return model, model_fingerprint(self.config.teacher) or parameter_fingerprint(model, self.config.teacher)
+        return model, model_fingerprint(self.teacher_spec) or parameter_fingerprint(model, self.teacher_spec)
 
     def _teacher_logits(self, data: Dataset) -> np.ndarray:
         """The teacher's logits on every row of ``data``, through the output cache, in row order."""
+        assert self.teacher is not None
         batch_size = self.config.distill.teacher_batch_size
         key = None
         if self.cacheable and self.teacher_fingerprint is not None:
@@ -490,6 +555,7 @@ class _Run:
 
     def _probe(self, logits: np.ndarray) -> None:
         """Offline mode: check rows spread over the training set against the live teacher."""
+        assert self.teacher is not None
         n = len(logits)
         rows = np.unique(np.linspace(0, n - 1, min(n, PROBE_SIZE)).round().astype(np.int64))
         live = compute_logits(
@@ -510,6 +576,7 @@ class _Run:
 
     def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for one batch already on the device, without gradients."""
+        assert self.teacher is not None
         module = self.teacher.module
         if isinstance(module, nn.Module):
             with torch.no_grad(), self.autocast():
@@ -519,22 +586,32 @@ class _Run:
 
     # -- student ---------------------------------------------------------------
 
-    def build_student(self) -> nn.Module:
-        """A fresh student from ``[student]`` (seed the global RNG first), in train mode on the device."""
-        model = load_model(self.config.student, device=self.device)
+    def build_model(self, role: str) -> nn.Module:
+        """A fresh student (or teacher to train) from its factory (seed the global RNG first), in train mode."""
+        spec = self.config.teacher if role == "teacher" else self.config.student
+        model = load_model(spec, device=self.device)
         module = model.module
         if not isinstance(module, nn.Module):
             raise ModelError(
-                f"model 'student': factory {self.config.student.factory!r} returned {type(module).__name__}; "
+                f"model '{role}': factory {spec.factory!r} returned {type(module).__name__}; "
                 "the trainer needs a torch.nn.Module"
             )
         with torch.no_grad():
-            probe = _as_logits(module(self.val_x[:2].to(self.device)), "student")
+            probe = _as_logits(module(self.val_x[:2].to(self.device)), role)
+        if role == "teacher":
+            if probe.ndim != 2:
+                raise ModelError(
+                    f"model 'teacher' ({spec.describe()}) returns outputs of shape {tuple(probe.shape)} for an "
+                    f"input batch of shape {tuple(self.val_x[:2].shape)}; expected logits (batch, n_classes)"
+                )
+            self.n_classes = int(probe.shape[1])
+            self._check_labels()
+            return module.train()
         if probe.ndim != 2 or probe.shape[1] != self.n_classes:
             raise ModelError(
                 f"model 'student' ({self.config.student.describe()}) returns outputs of shape {tuple(probe.shape)} "
                 f"for an input batch of shape {tuple(self.val_x[:2].shape)}, but the teacher "
-                f"({self.config.teacher.describe()}) returns logits over {self.n_classes} classes "
+                f"({self.teacher_spec.describe()}) returns logits over {self.n_classes} classes "
                 f"(shape (2, {self.n_classes})); teacher and student must have the same number of classes"
             )
         return module.train()
@@ -554,13 +631,14 @@ class _Phase:
     def __init__(self, run: _Run, name: str, saved: Mapping[str, Any] | None):
         self.run = run
         self.name = name
-        self.options = options = run.config.distill
+        self.options = options = _phase_options(run.config, name)
+        self.label_smoothing = run.config.teacher_training.label_smoothing if name == "teacher" else 0.0
         self.file_name = name + run.config.output.suffix
         self.uses_teacher = name == "student"
-        # The same seed for both phases: the control starts from the student's initial weights
-        # and sees the same batches in the same order.
+        # The same seed for the student and the control: the control starts from the student's
+        # initial weights and sees the same batches in the same order.
         torch.manual_seed(options.seed)
-        self.model = run.build_student()
+        self.model = run.build_model(name)
         if run.dist.rank:
             # Other ranks draw their own dropout masks; rank 0 keeps the one-process stream.
             torch.manual_seed(_rank_seed(options.seed, run.dist.rank))
@@ -662,7 +740,8 @@ class _Phase:
                     filter_teacher_errors=options.filter_teacher_errors,
                 )
             else:
-                loss = F.cross_entropy(logits.float(), y)  # the control: labels only
+                # The control (and a teacher trained here): labels only.
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             if dist.enabled:
                 # DDP averages gradients over ranks; weighting each rank's mean by its share of the
@@ -683,20 +762,19 @@ class _Phase:
                 f"(now {options.lr:g})"
             )
         accuracy, agreement = self.evaluate()
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_accuracy": accuracy,
-            "val_agreement": agreement,
-            "lr": lr,
-        }
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": accuracy}
+        if agreement is not None:  # a teacher being trained has no teacher to agree with
+            record["val_agreement"] = agreement
+        record["lr"] = lr
         self.records.append(record)
         self._track_best(record)
         self._seconds = time.perf_counter() - start
         return record
 
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self) -> tuple[float, float | None]:
         """Top-1 accuracy against the labels and top-1 agreement with the teacher on the validation set.
+
+        The agreement is None in the teacher phase.
 
         Under torchrun each rank predicts its share of whole batches (:func:`shard_rows` with
         ``block = teacher_batch_size``) and every rank gathers all predictions back in row
@@ -715,6 +793,8 @@ class _Phase:
         if dist.enabled:
             pred = dist.gather_rows(pred, n, block=size)
         accuracy = float((pred == run.val_y).double().mean())
+        if run.teacher_val_preds is None:
+            return accuracy, None
         agreement = float((pred == run.teacher_val_preds).double().mean())
         return accuracy, agreement
 
@@ -746,10 +826,11 @@ class _Phase:
 
     def describe(self, record: Mapping[str, Any]) -> str:
         width = len(str(self.options.epochs))
+        agreement = f"val_agreement {record['val_agreement']:.4f}  " if "val_agreement" in record else ""
         return (
             f"{self.name:<7} epoch {record['epoch']:>{width}}/{self.options.epochs}  "
             f"train_loss {record['train_loss']:.4f}  val_accuracy {record['val_accuracy']:.4f}  "
-            f"val_agreement {record['val_agreement']:.4f}  lr {record['lr']:.3g}  ({self._seconds:.1f} s)"
+            f"{agreement}lr {record['lr']:.3g}  ({self._seconds:.1f} s)"
         )
 
     # -- export ------------------------------------------------------------------
@@ -887,7 +968,9 @@ def _start(
             file=_str(config.file),
             where="[output]",
         )
-    for name in (CHECKPOINT_FILE, MANIFEST_FILE, *(p + s for p in PHASES for s in (".pt2", ".pt"))):
+    # A teacher file is removed only when this run trains it: otherwise it may be the user's teacher.
+    ours = [p for p in PHASES if p != "teacher" or config.teacher_training is not None]
+    for name in (CHECKPOINT_FILE, MANIFEST_FILE, *(p + s for p in ours for s in (".pt2", ".pt"))):
         (out / name).unlink(missing_ok=True)
     return None
 
@@ -943,14 +1026,7 @@ def _write_manifest(
         "output_dir": str(out),
         "config": json.loads(_config_json(config)),
         "seed": config.distill.seed,
-        "teacher": {
-            "spec": config.teacher.describe(),
-            "sha256": run.teacher_sha256,
-            "fingerprint": run.teacher_fingerprint,
-            "format": run.teacher.format,
-            "params": run.teacher.params,
-            "logits": run.teacher_info,
-        },
+        "teacher": _teacher_entry(run, state, out, phases.get("teacher")),
         "data": {"train": run.train_data.describe(), "val": run.val_data.describe()},
         "environment": {**environment(), "device": run.device, "precision": "bf16" if run.bf16 else "fp32"},
         "distributed": {
@@ -964,6 +1040,50 @@ def _write_manifest(
     }
     atomic_write(out / MANIFEST_FILE, (json.dumps(manifest, indent=1, default=str) + "\n").encode())
     return manifest
+
+
+def _teacher_entry(run: _Run, state: Mapping[str, Any], out: Path, phase: _Phase | None) -> dict[str, Any]:
+    config = run.config
+    entry: dict[str, Any] = {
+        "spec": run.teacher_spec.describe(),
+        "trained": config.teacher_training is not None,
+        "sha256": run.teacher_sha256,
+        "fingerprint": run.teacher_fingerprint,
+        "format": run.teacher.format if run.teacher is not None else None,
+        "params": run.teacher.params if run.teacher is not None else None,
+        "logits": run.teacher_info,
+    }
+    if config.teacher_training is None:
+        return entry
+    saved = state["phases"].get("teacher")
+    records = phase.records if phase is not None else (saved["records"] if saved is not None else [])
+    done = phase.done if phase is not None else bool(saved is not None and saved["done"])
+    path = out / ("teacher" + config.output.suffix)
+    entry.update(
+        file=path.name if done and path.is_file() else None,
+        factory=config.teacher.factory,
+        kwargs=dict(config.teacher.kwargs),
+        recipe=dataclasses.asdict(config.teacher_training),
+        epochs=[dict(r) for r in records],
+    )
+    return entry
+
+
+def _phase_options(config: TrainConfig, name: str) -> DistillOptions:
+    """The recipe of a phase: ``[distill]``, or for the teacher its own recipe (constant lr, no early stopping)."""
+    recipe = config.teacher_training
+    if name != "teacher" or recipe is None:
+        return config.distill
+    return dataclasses.replace(
+        config.distill,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        seed=config.distill.seed if recipe.seed is None else recipe.seed,
+        schedule="constant",
+        patience=0,
+    )
 
 
 # -- helpers ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The committed default weights: they load, meet their targets, and rebuild bit for bit."""
+"""The committed default weights: they load, meet their targets, and the trainer rebuilds them bit for bit."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import accuracy_score
 
 from distill_eval.data import load_builtin
-from distill_eval.train import builtin, zoo
+from distill_eval.train import builtin, load_train_config, zoo
 
 WEIGHTS = Path(builtin.__file__).with_name("weights")
 REPO_ROOT = Path(builtin.__file__).resolve().parents[2]
@@ -85,12 +85,20 @@ def test_student_meets_targets(test_probs: dict[str, np.ndarray]) -> None:
     assert _ece(probs, y) < 0.05
 
 
-def test_training_leaves_global_rng_alone() -> None:
-    data = load_builtin("sklearn:digits", split="train")
-    before = torch.random.get_rng_state()
-    teacher = builtin.train_teacher(data.x[:128], data.y[:128], epochs=1)
-    builtin.distill_student(teacher, data.x[:128], data.y[:128], epochs=1)
-    assert torch.equal(torch.random.get_rng_state(), before)
+def test_the_default_is_built_by_the_trainer_from_the_from_scratch_example() -> None:
+    config = load_train_config(builtin.CONFIG)
+    assert builtin.CONFIG.name == "digits_from_scratch.toml" and builtin.CONFIG.parent.name == "examples"
+    # The teacher is trained there, and both factories are the ones the default project loads, unchanged.
+    assert config.teacher_training is not None
+    assert config.teacher.factory == "distill_eval.train.zoo:digits_teacher" and not config.teacher.kwargs
+    assert config.student.factory == "distill_eval.train.zoo:digits_student" and not config.student.kwargs
+    assert config.distill.device == "cpu"  # the same float operations wherever it is rebuilt
+
+
+def test_the_builder_needs_a_config_that_trains_its_teacher(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train = true"):
+        builtin.build_default(tmp_path, config=builtin.CONFIG.with_name("digits.toml"))
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
@@ -110,6 +118,11 @@ def test_rebuild_is_deterministic_and_matches_the_committed_models(tmp_path: Pat
         runs.append(out)
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("teacher:") and "agreement" in lines[1]
+    # The rebuilt models meet the same targets on the test split as the committed ones.
+    teacher_accuracy = float(lines[0].split("test accuracy ")[1].split(",")[0])
+    student_accuracy = float(lines[1].split("test accuracy ")[1].split(",")[0])
+    agreement = float(lines[1].split("agreement with teacher ")[1].split(" ")[0])
+    assert teacher_accuracy >= 0.97 and student_accuracy >= 0.94 and agreement >= 0.94
     # Same seed, same machine: bit-identical files.
     for name in (builtin.TEACHER_FILE, builtin.STUDENT_FILE):
         assert _sha256(runs[0] / name) == _sha256(runs[1] / name), name

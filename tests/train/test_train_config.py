@@ -10,7 +10,7 @@ import pytest
 from distill_eval.config import DatasetSpec
 from distill_eval.errors import ConfigError
 from distill_eval.train import load_train_config
-from distill_eval.train.config import TrainConfig
+from distill_eval.train.config import TeacherTraining, TrainConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "distill_eval" / "train" / "examples" / "digits.toml"
 
@@ -285,3 +285,86 @@ def test_toml_syntax_errors_and_missing_files(tmp_path: Path) -> None:
     assert "not valid TOML" in error(tmp_path, MINIMAL + "\n[distill\n")
     with pytest.raises(ConfigError, match="file not found"):
         load_train_config(tmp_path / "nope.toml")
+
+
+# -- a teacher trained here ([teacher] train = true) -------------------------------------
+
+TRAINED = MINIMAL.replace(
+    '[teacher]\nfactory = "distill_eval.train.zoo:digits_teacher"',
+    '[teacher]\ntrain = true\nfactory = "distill_eval.train.zoo:digits_teacher"',
+)
+FROM_SCRATCH = EXAMPLE.with_name("digits_from_scratch.toml")
+
+
+def test_a_trained_teacher_has_documented_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, TRAINED)
+    assert config.teacher_training == TeacherTraining()
+    assert (config.teacher_training.epochs, config.teacher_training.lr, config.teacher_training.batch_size) == (
+        30,
+        1e-3,
+        64,
+    )
+    assert config.teacher_training.weight_decay == 0.0 and config.teacher_training.label_smoothing == 0.0
+    assert config.teacher_training.seed is None  # the [distill] seed
+    assert config.teacher.factory == "distill_eval.train.zoo:digits_teacher" and config.teacher.path is None
+    # Without train = true nothing is trained.
+    assert load(tmp_path, MINIMAL).teacher_training is None
+    assert load(tmp_path, TRAINED.replace("train = true", "train = false")).teacher_training is None
+
+
+def test_every_teacher_recipe_key_is_read(tmp_path: Path) -> None:
+    recipe = "kwargs = { hidden = [16] }\nepochs = 5\nlr = 0.01\nbatch_size = 32\nweight_decay = 0.001\n"
+    recipe += "label_smoothing = 0.1\nseed = 3\n"
+    config = load(tmp_path, TRAINED.replace("train = true\n", "train = true\n" + recipe))
+    assert config.teacher.kwargs == {"hidden": [16]}
+    assert config.teacher_training == TeacherTraining(
+        epochs=5, lr=0.01, batch_size=32, weight_decay=0.001, label_smoothing=0.1, seed=3
+    )
+
+
+def test_the_from_scratch_example_trains_its_teacher() -> None:
+    config = load_train_config(FROM_SCRATCH)
+    assert config.teacher_training is not None and config.teacher.weights is None
+    assert config.teacher.factory == "distill_eval.train.zoo:digits_teacher"
+    assert config.student.factory == "distill_eval.train.zoo:digits_student" and not config.student.kwargs
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('path = "t.pt2"', "[teacher]: 'train = true' trains the teacher from scratch, so 'path' cannot be set"),
+        ('weights = "t.pt"', "[teacher]: 'train = true' trains the teacher from scratch, so 'weights' cannot be set"),
+        ("epoch = 3", "[teacher]: unknown key 'epoch' (did you mean 'epochs'?)"),
+        ("label_smothing = 0.1", "[teacher]: unknown key 'label_smothing' (did you mean 'label_smoothing'?)"),
+        ("trusted = true", "[teacher]: unknown key 'trusted'"),
+        ("epochs = 0", "[teacher]: 'epochs' must be an integer >= 1, got"),
+        ("lr = 0", "[teacher]: 'lr' must be a number > 0, got"),
+        ("batch_size = 1.5", "[teacher]: 'batch_size' must be an integer >= 1, got"),
+        ("weight_decay = -1", "[teacher]: 'weight_decay' must be a number >= 0, got"),
+        ("label_smoothing = 1.0", "[teacher]: 'label_smoothing' must be a number in [0, 1), got"),
+        ("seed = -1", "[teacher]: 'seed' must be an integer >= 0, got"),
+    ],
+)
+def test_trained_teacher_mistakes(tmp_path: Path, extra: str, expected: str) -> None:
+    assert expected in error(tmp_path, TRAINED.replace("train = true\n", f"train = true\n{extra}\n"))
+
+
+def test_trained_teacher_needs_a_factory_and_train_a_boolean(tmp_path: Path) -> None:
+    no_factory = TRAINED.replace('factory = "distill_eval.train.zoo:digits_teacher"', "epochs = 3", 1)
+    assert "[teacher]: 'train = true' needs 'factory'" in error(tmp_path, no_factory)
+    assert "[teacher]: 'train' must be true or false, got" in error(
+        tmp_path, TRAINED.replace("train = true", 'train = "yes"')
+    )
+    assert "[teacher]: set 'path' (a saved model) or 'factory'" in error(
+        tmp_path,
+        TRAINED.replace('factory = "distill_eval.train.zoo:digits_teacher"', "train = false", 1).replace(
+            "train = true\n", ""
+        ),
+    )
+
+
+@pytest.mark.parametrize("key", ["epochs = 3", "lr = 0.01", "label_smoothing = 0.1", "seed = 1"])
+def test_recipe_keys_need_train_true(tmp_path: Path, key: str) -> None:
+    name = key.split(" ")[0]
+    message = error(tmp_path, MINIMAL.replace("[teacher]\n", f"[teacher]\n{key}\n"))
+    assert f"[teacher]: '{name}' is a key of a teacher trained here; set 'train = true' or remove '{name}'" in message

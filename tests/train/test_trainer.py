@@ -668,3 +668,94 @@ source = "sklearn:digits"
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "--distill")
     result.assert_outcomes(passed=2)
+
+
+# -- a teacher trained here ([teacher] train = true) -------------------------------------
+
+
+def trained_teacher_config(tmp_path: Path, *, out: str = "run", **distill: Any) -> TrainConfig:
+    """The tiny run, with a small teacher (64-32-10) trained for 3 epochs first."""
+    config = make_config(tmp_path, out=out, **distill)
+    teacher = {
+        "train": True,
+        "factory": "distill_eval.train.zoo:digits_teacher",
+        "kwargs": {"hidden": [32]},
+        "epochs": 3,
+        "lr": 0.01,
+        "batch_size": 128,
+        "label_smoothing": 0.05,
+        "seed": 5,
+    }
+    return parse_train_config({**config.document, "teacher": teacher}, file=tmp_path / "train.toml", base=tmp_path)
+
+
+def test_a_trained_teacher_is_trained_exported_recorded_and_distilled_from(tmp_path: Path) -> None:
+    recorder = Recorder()
+    lines: list[str] = []
+    result = train(trained_teacher_config(tmp_path, control=True), callbacks=[recorder], log=lines.append)
+    out = tmp_path / "run"
+    assert result.finished and result.teacher_path == out / "teacher.pt2"
+    assert recorder.phases == ["teacher", "student", "control"]
+    # The teacher learns from the labels alone.
+    assert all(logits is None for phase, *_, logits in recorder.batches if phase == "teacher")
+    assert any(line.startswith("teacher epoch 1/3") and "val_agreement" not in line for line in lines)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["teacher"]
+    assert entry["trained"] is True and entry["file"] == "teacher.pt2"
+    assert entry["sha256"] == sha256_file(out / "teacher.pt2")
+    assert entry["factory"] == "distill_eval.train.zoo:digits_teacher" and entry["kwargs"] == {"hidden": [32]}
+    assert entry["recipe"]["label_smoothing"] == 0.05 and entry["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert [r["epoch"] for r in entry["epochs"]] == [1, 2, 3] == [r["epoch"] for r in result.teacher_epochs]
+    assert all("val_agreement" not in r and 0 <= r["val_accuracy"] <= 1 for r in entry["epochs"])
+    assert [r["epoch"] for r in manifest["epochs"]] == [1, 2]
+
+    # The exported teacher is the trained one, and it is the teacher the student learnt from.
+    teacher = load_model(ModelSpec(name="teacher", path=out / "teacher.pt2"))
+    val = load_builtin("sklearn:digits", split="test")
+    teacher_pred = teacher.predict_logits(val.x).argmax(1)
+    assert float(np.mean(teacher_pred == val.y)) == pytest.approx(entry["epochs"][-1]["val_accuracy"])
+    student = load_model(ModelSpec(name="student", path=result.student_path)).predict_logits(val.x).argmax(1)
+    assert float(np.mean(student == teacher_pred)) == pytest.approx(result.epochs[-1]["val_agreement"])
+    # Distilling from the exported teacher, named as a saved model, gives the same student bit for bit.
+    document = {**make_config(tmp_path).document, "teacher": {"path": str(out / "teacher.pt2")}}
+    given = parse_train_config(document, file=tmp_path / "train.toml", base=tmp_path)
+    same = train(given.with_output_dir(tmp_path / "given"), log=None)
+    assert same.epochs == result.epochs
+    assert_same_state(final_state(tmp_path / "given"), final_state(out))
+    # The control is the student's architecture on labels, not the teacher's.
+    assert result.manifest["control"]["factory"] == "distill_eval.train.zoo:digits_student"
+
+
+def test_a_trained_teacher_resumes_exactly_across_the_teacher_phase(tmp_path: Path) -> None:
+    straight = train(trained_teacher_config(tmp_path, out="straight"), log=None)
+    config = trained_teacher_config(tmp_path, out="pieces")
+    first = train(config, log=None, max_epochs_this_run=2)  # inside the teacher phase
+    assert not first.finished and len(first.teacher_epochs) == 2 and not first.epochs
+    assert first.teacher_path is None and not (tmp_path / "pieces" / "teacher.pt2").exists()
+    second = train(config, resume=True, log=None, max_epochs_this_run=2)  # the teacher's last epoch, a student one
+    assert not second.finished and len(second.teacher_epochs) == 3 and len(second.epochs) == 1
+    (tmp_path / "pieces" / "teacher.pt2").unlink()  # re-exported from the checkpoint
+    last = train(config, resume=True, log=None)
+    assert last.finished
+    assert last.teacher_epochs == straight.teacher_epochs and last.epochs == straight.epochs
+    for phase in ("teacher", "student"):
+        assert_same_state(final_state(tmp_path / "pieces", phase), final_state(tmp_path / "straight", phase))
+    # A changed teacher recipe is not resumed.
+    changed = parse_train_config(
+        {**config.document, "teacher": {**config.document["teacher"], "lr": 0.02}},
+        file=tmp_path / "train.toml",
+        base=tmp_path,
+    )
+    with pytest.raises(ConfigError, match=r"config changed.*teacher\.lr"):
+        train(changed, resume=True, log=None)
+
+
+def test_a_trained_teacher_cannot_be_passed_in_and_a_loaded_one_is_never_deleted(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[teacher\].*trains its own"):
+        train(trained_teacher_config(tmp_path), teacher=digits_teacher(), log=None)
+    # A teacher file in the output folder that the run does not train survives --overwrite.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "teacher.pt2").write_bytes(b"the user's teacher")
+    train(make_config(tmp_path), overwrite=True, log=None)
+    assert (tmp_path / "run" / "teacher.pt2").read_bytes() == b"the user's teacher"
