@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def torchrun(cwd: Path, *args: str, nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def torchrun(
+    cwd: Path, *args: str, nproc: int = 2, timeout: float = 180, retried: bool = False
+) -> subprocess.CompletedProcess[str]:
     """``python -m torch.distributed.run --nproc_per_node=2 --master_port=<free> ARGS`` on CPU, one thread each."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,7 +52,18 @@ def torchrun(cwd: Path, *args: str, nproc: int = 2, timeout: float = 180) -> sub
         f"--master_port={port}",
         *args,
     ]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 and _INFRASTRUCTURE.search(done.stderr) and not retried:
+        # The rendezvous or a gloo socket can fail on a loaded machine (a port taken meanwhile, a
+        # reset connection): that is the launcher, not our code. Once more on a fresh port; a real
+        # failure fails twice.
+        return torchrun(cwd, *args, nproc=nproc, timeout=timeout, retried=True)
+    return done
+
+
+_INFRASTRUCTURE = re.compile(
+    r"EADDRINUSE|address already in use|Connection reset|Connection refused|RendezvousError|Gloo"
+)
 
 
 # -- shards and gathering ---------------------------------------------------------------
@@ -218,7 +232,9 @@ def test_train_under_torchrun_with_two_processes_and_a_resume(tmp_path: Path) ->
     assert single.manifest["distributed"]["world_size"] == 1
     for a, b in zip(manifest["epochs"], single.epochs, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
-        assert (a["val_accuracy"], a["val_agreement"]) == (b["val_accuracy"], b["val_agreement"])
+        # all-reduced gradients round differently from one process's: allow one example either way
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1.01 / 540)
+        assert a["val_agreement"] == pytest.approx(b["val_agreement"], abs=1.01 / 540)
     two = torch.load(out / "checkpoint.pt", weights_only=True)
     one = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
     assert len(two["phases"]["student"]["rng"]["ranks"]) == 2  # each rank's random state, for exact resumes
