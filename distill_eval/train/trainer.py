@@ -510,7 +510,8 @@ class _Run:
         if isinstance(module, nn.Module):
             with contextlib.suppress(NotImplementedError):  # torch.export programs are captured in eval mode
                 module.eval()
-            module.requires_grad_(False)
+            for parameter in module.parameters():  # TorchScript modules refuse module.requires_grad_
+                parameter.requires_grad_(False)
         if injected is not None:
             # An object passed in has no files to identify it; its logits are computed, never cached.
             self.cacheable = False

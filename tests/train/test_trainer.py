@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -759,3 +760,20 @@ def test_a_trained_teacher_cannot_be_passed_in_and_a_loaded_one_is_never_deleted
     (tmp_path / "run" / "teacher.pt2").write_bytes(b"the user's teacher")
     train(make_config(tmp_path), overwrite=True, log=None)
     assert (tmp_path / "run" / "teacher.pt2").read_bytes() == b"the user's teacher"
+
+
+def test_a_torchscript_teacher_is_frozen_and_distilled_from(tmp_path: Path) -> None:
+    """The user's most common teacher: a TorchScript file (which refuses module.requires_grad_)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, and everywhere
+        torch.jit.trace(digits_teacher(), torch.zeros(1, 64)).save(str(tmp_path / "teacher.pt"))
+    config = make_config(tmp_path)
+    document = dict(config.document, teacher={"path": "teacher.pt"})
+    result = train(parse_train_config(document, file=tmp_path / "train.toml", base=tmp_path), log=None)
+    assert result.finished and len(result.epochs) == 2
+    assert result.manifest["teacher"]["sha256"] == hashlib.sha256((tmp_path / "teacher.pt").read_bytes()).hexdigest()
+    # the same teacher by factory + weights teaches the same student
+    same = train(make_config(tmp_path, out="factory"), log=None)
+    assert [r["val_agreement"] for r in same.epochs] == [r["val_agreement"] for r in result.epochs]
