@@ -68,7 +68,8 @@ class CheckItem(pytest.Item):
             self.result = session.run_check(self.suite, self.check)
         except BaseException as e:
             if isinstance(e, Exception):
-                session.results.append(session.error_result(self.suite, self.check, e))
+                self.result = session.error_result(self.suite, self.check, e)
+                session.results.append(self.result)
             raise
         session.results.append(self.result)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from distill_eval import hookspec
+from distill_eval import hookspec, xdist
 from distill_eval.baseline import Acceptance
 from distill_eval.collect import PROJECT_KEY, SESSION_KEY, CheckItem, SuiteFile
 from distill_eval.config import load_project_config
@@ -173,6 +173,8 @@ def pytest_configure(config: pytest.Config) -> None:
         ),
         log=log,
     )
+    if xdist.is_controller(config):
+        config.pluginmanager.register(xdist.Gatherer(config.stash[SESSION_KEY]), "distill_eval.xdist")
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # `pytest --distill` with no paths runs the suites, not the ini `testpaths`.
         if not project.suites.is_dir():
@@ -205,14 +207,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(item, CheckItem) and call.excinfo is not None and isinstance(call.excinfo.value, DistillError):
         # A user's mistake or unusable data reads as a sentence, not a traceback.
         report.longrepr = item.repr_failure(call.excinfo)
+    if isinstance(item, CheckItem) and xdist.is_worker(item.config):
+        xdist.attach(report, item, item.result)
     return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if SESSION_KEY not in config.stash or hasattr(config, "workerinput"):
+    if SESSION_KEY not in config.stash:
         return
     state = config.stash[SESSION_KEY]
+    if xdist.is_worker(config):
+        xdist.send_provenance(config, state)  # the controller writes the reports
+        return
     if not state.results:
         return
     from distill_eval.report import write_reports
@@ -234,10 +241,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     state = config.stash[SESSION_KEY]
     written = state.written
     if config.getoption("distill_accept") and ACCEPTANCE_KEY not in config.stash:
-        terminalreporter.write_line(
-            "--distill-accept: no check result reached this process (none ran, or pytest-xdist workers ran "
-            "them); no baseline written"
-        )
+        terminalreporter.write_line("--distill-accept: no check ran; no baseline written")
     if not written:
         return
     from distill_eval.results import verdict

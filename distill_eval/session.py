@@ -121,6 +121,9 @@ class DistillSession:
         self.results: list[CheckResult] = []
         self.warnings: list[str] = []
         self.written: dict[str, Path] = {}  # report files of the last write_reports, by name
+        # provenance that pytest-xdist workers reported (distill_eval.xdist); merged into this process's
+        self.worker_models: dict[str, dict[str, Any]] = {}
+        self.worker_datasets: dict[str, dict[str, Any]] = {}
 
     # -- loading -------------------------------------------------------------
 
@@ -306,7 +309,8 @@ class DistillSession:
             if manifest is not None:
                 info["manifest"] = manifest
             out[name] = info
-        return out
+        return dict(sorted({**self.worker_models, **out}.items()))
 
     def dataset_provenance(self) -> dict[str, dict[str, Any]]:
-        return {name: data.describe() for name, data in sorted(self._datasets.items())}
+        out = {name: data.describe() for name, data in self._datasets.items()}
+        return dict(sorted({**self.worker_datasets, **out}.items()))
