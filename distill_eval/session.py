@@ -56,7 +56,7 @@ def output_cache_key(fingerprint: str, data: Dataset, *, device: str, batch_size
             "n": data.n,
             "device": device.split(":")[0],
             "batch_size": batch_size,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
     )
 

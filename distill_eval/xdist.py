@@ -20,6 +20,7 @@ A serial run registers nothing from this module.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,7 @@ class RemoteResult:
 
 
 def _to_wire(result: CheckResult, index: int) -> dict[str, Any]:
-    return {
+    wire = {
         "index": index,
         "suite": result.suite,
         "file": result.file,
@@ -91,6 +92,9 @@ def _to_wire(result: CheckResult, index: int) -> dict[str, Any]:
         "suite_gate": result.suite_gate,
         "check": result.to_json(),
     }
+    # Through JSON and back: execnet serialises only plain types (no numpy scalars, no str
+    # subclasses such as torch.__version__), and the controller writes JSON anyway.
+    return json.loads(json.dumps(wire, default=str))
 
 
 def attach(report: pytest.TestReport, item: pytest.Item, result: CheckResult | None) -> None:
@@ -102,10 +106,8 @@ def attach(report: pytest.TestReport, item: pytest.Item, result: CheckResult | N
 
 def send_provenance(config: pytest.Config, state: DistillSession) -> None:
     """In a worker, at the end of its session: hand the controller what its models and datasets were."""
-    config.workeroutput[ATTRIBUTE] = {  # type: ignore[attr-defined]
-        "models": state.model_provenance(),
-        "datasets": state.dataset_provenance(),
-    }
+    provenance = {"models": state.model_provenance(), "datasets": state.dataset_provenance()}
+    config.workeroutput[ATTRIBUTE] = json.loads(json.dumps(provenance, default=str))  # type: ignore[attr-defined]
 
 
 class Gatherer:

@@ -84,3 +84,21 @@ def test_k_under_xdist_reports_only_the_selected_checks(pytester: pytest.Pyteste
     doc = json.loads((reports / "results.json").read_text())
     assert [c["id"] for c in doc["suites"][0]["checks"]] == ["calibration", "agreement"]
     assert doc["counts"]["passed"] == 2
+
+
+def test_every_kind_reaches_the_controller(pytester: pytest.Pytester) -> None:
+    # latency and leakage extras carry machine facts and ids: all must survive execnet's serialiser
+    reports = project(pytester)
+    suite = pytester.path / "suites" / "planted.toml"
+    suite.write_text(
+        suite.read_text()
+        + '\n[[check]]\nkind = "latency"\nmin_time_s = 0.1\nwarmup = 2\n'
+        + '\n[[check]]\nkind = "regression"\nbaseline = "good"\n'
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=6, failed=1)
+    doc = json.loads((reports / "results.json").read_text())
+    kinds = [c["kind"] for c in doc["suites"][0]["checks"]]
+    assert kinds == ["calibration", "agreement", "slices", "copied_errors", "slices", "latency", "regression"]
+    (latency,) = [c for c in doc["suites"][0]["checks"] if c["kind"] == "latency"]
+    assert latency["machine"]["torch"] and latency["pairs"] > 0
