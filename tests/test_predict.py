@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch import torchrun
 
 from distill_eval.cli import main
 from distill_eval.config import load_project_config
@@ -22,7 +19,6 @@ from distill_eval.predict import predict
 from distill_eval.train import zoo
 
 WEIGHTS = Path(zoo.__file__).with_name("weights")
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 N = 301  # odd, and 10 batches of 32: the two ranks get 5 and 4 batches (160 and 141 rows)
 
 PYPROJECT = f"""
@@ -60,25 +56,6 @@ def project(pytester: pytest.Pytester) -> Path:
     (pytester.path / "suites").mkdir()
     (pytester.path / "suites" / "gate.toml").write_text('[[check]]\nkind = "agreement"\nmin = { top1 = 0.5 }\n')
     return pytester.path
-
-
-def torchrun(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """``python -m torch.distributed.run --nproc_per_node=2 --master_port=<free> ARGS`` on CPU, one thread each."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={port}",
-        *args,
-    ]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def entries(project: Path) -> list[Path]:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch import TORCHRUN_VARIABLES, torchrun
 
 from distill_eval.config import ModelSpec
 from distill_eval.data import load_builtin
@@ -23,7 +19,6 @@ from distill_eval.train import load_train_config, train, zoo
 from distill_eval.train.distributed import SINGLE, assemble_rows, launch_environment, process_group, shard_rows
 
 WEIGHTS = Path(zoo.__file__).with_name("weights")
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(autouse=True)
@@ -32,38 +27,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def torchrun(
-    cwd: Path, *args: str, nproc: int = 2, timeout: float = 180, retried: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """``python -m torch.distributed.run --nproc_per_node=2 --master_port=<free> ARGS`` on CPU, one thread each."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={port}",
-        *args,
-    ]
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0 and _INFRASTRUCTURE.search(done.stderr) and not retried:
-        # The rendezvous or a gloo socket can fail on a loaded machine (a port taken meanwhile, a
-        # reset connection): that is the launcher, not our code. Once more on a fresh port; a real
-        # failure fails twice.
-        return torchrun(cwd, *args, nproc=nproc, timeout=timeout, retried=True)
-    return done
-
-
-_INFRASTRUCTURE = re.compile(
-    r"EADDRINUSE|address already in use|Connection reset|Connection refused|RendezvousError|Gloo"
-)
 
 
 # -- shards and gathering ---------------------------------------------------------------
