@@ -152,11 +152,16 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     member = np.stack(masks, axis=1).astype(np.float64) if masks else np.zeros((data.n, 0))  # (n, n_slices)
     s_in, t_in = member * student_hit[:, None], member * teacher_hit[:, None]
 
+    last: list[Any] = [None, None]  # (weights, result): every statistic of a chunk reuses one computation
+
     def per_slice(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if last[0] is w:
+            return last[1]
         size, s_sum, t_sum = w @ member, w @ s_in, w @ t_in
         with np.errstate(invalid="ignore", divide="ignore"):
             retention = np.where(t_sum > 0, s_sum / np.where(t_sum > 0, t_sum, 1), np.nan)
             gap = np.where(size > 0, (t_sum - s_sum) / np.where(size > 0, size, 1), np.nan)
+        last[:] = [w, (retention, gap)]
         return retention, gap
 
     for i in supported:
