@@ -7,7 +7,10 @@ Subcommands:
 - ``distill-eval report RESULTS.json [-o report.html]`` — re-render the HTML
   report (and, with ``--summary``, summary.md) from stored results;
 - ``distill-eval predict --model NAME --dataset NAME`` — compute a model's
-  outputs into the plugin's output cache (:mod:`distill_eval.predict`).
+  outputs into the plugin's output cache (:mod:`distill_eval.predict`);
+- ``distill-eval cache [--prune | --clear] [--max-size SIZE]`` — list the
+  output cache (size, entries, which the project still uses) and prune it
+  (:class:`~distill_eval.outputs.OutputCache` keeps the entries).
 
 ``train`` and ``predict`` also run under ``torchrun --nproc_per_node=K -m
 distill_eval ...``; rank 0 alone prints progress, and an error every rank
@@ -22,9 +25,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill_eval import __version__
+
+if TYPE_CHECKING:
+    from distill_eval.config import ProjectConfig
+    from distill_eval.outputs import CacheEntry, OutputCache
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_predict(sub)
+    _add_cache(sub)
     report = sub.add_parser(
         "report",
         help="re-render report.html from a results.json",
@@ -295,6 +303,386 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+_CACHE_EPILOG = """\
+statuses:
+  current   its key is one pytest --distill computes now, from the configured model and
+            dataset files, device, batch_size and this torch version
+  stale     no configured model and dataset give its key any more (a changed model or data
+            file, another batch_size or device, a torch upgrade, a model given on the pytest
+            command line, or an older cache format); NOTE says which
+  unknown   it cannot be told without loading a model: a factory without weights, a model
+            or dataset from a conftest.py hook, a missing file
+  corrupt   truncated, changed or half of it missing: a run would recompute it (with a warning)
+  orphan    the temporary file of a write that never finished (a killed run)
+  writing   a temporary file another process may still be writing (only without file locks)
+  other     a file the cache never writes; only --clear removes it
+
+--prune removes stale, corrupt and orphan files and keeps current and unknown entries;
+--max-size evicts what --prune would remove first, then the least recently used entries;
+--clear removes every file of the output cache. A run that needs a removed entry
+recomputes it. Listing and pruning are safe while pytest --distill runs on the same cache:
+they take the cache's lock.
+"""
+
+
+def _add_cache(sub: Any) -> None:
+    cache = sub.add_parser(
+        "cache",
+        help="show the output cache (size, entries, which are current); prune or clear it",
+        description="List the model-output cache of the project: its folder, its total size, and one\n"
+        "line per entry (model, dataset, shape, dtype, size, when written and last read, status).\n"
+        "Whether an entry is current is worked out from the project config as pytest --distill\n"
+        "would, by hashing the model and dataset files, without loading any model. Exit status:\n"
+        "0 done (also when there is no cache), 1 the cache stayed locked by another process,\n"
+        "2 a mistake in the config or the options.",
+        epilog=_CACHE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cache.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PYPROJECT",
+        help="the project config (default: pyproject.toml in the current folder or the nearest one above it)",
+    )
+    cache.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the cache folder (default: [tool.distill_eval] cache_dir of the config, else .distill_cache)",
+    )
+    action = cache.add_mutually_exclusive_group()
+    action.add_argument(
+        "--prune", action="store_true", help="remove stale, corrupt and orphaned entries; keep current ones"
+    )
+    action.add_argument("--clear", action="store_true", help="remove every entry, current ones too")
+    cache.add_argument(
+        "--max-size",
+        type=_parse_size,
+        default=None,
+        metavar="SIZE",
+        help="then evict least recently used entries until the cache is at most SIZE, e.g. 500MB, 2GB, "
+        "1.5GiB (default: no limit)",
+    )
+    cache.set_defaults(usage_error=cache.error)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def _parse_size(text: str) -> int:
+    """``"2GB"`` -> 2_000_000_000; kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*", text.lower())
+    if not match or (match[3] and not match[2]):
+        raise argparse.ArgumentTypeError(f"expected a size such as 500MB, 2GB or 1.5GiB, got {text!r}")
+    number, unit, binary = float(match[1]), match[2], match[3]
+    scale = 1024 ** "kmgt".index(unit) * 1024 if binary else _SIZE_UNITS[unit]
+    return int(number * scale)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from distill_eval._io import LockTimeout
+    from distill_eval.errors import DistillError
+    from distill_eval.outputs import OutputCache
+
+    if args.clear and args.max_size is not None:
+        args.usage_error("argument --max-size: not allowed with argument --clear")
+    try:
+        project = _cache_project(args.config)
+    except DistillError as e:
+        print(f"distill-eval cache: {e}", file=sys.stderr)
+        return 2
+    folder = (args.cache_dir or project.cache_dir).resolve()
+    cache = OutputCache(folder)
+    if not folder.is_dir():
+        print(f"no cache at {_shown(folder)}")
+        return 0
+    try:
+        if args.clear:
+            return _cache_clear(cache)
+        keys = _ProjectKeys.of(project)
+        rows = [_CacheRow.of(entry, keys) for entry in cache.scan().entries]
+        if args.prune or args.max_size is not None:
+            return _cache_prune(cache, rows, prune=args.prune, max_size=args.max_size)
+    except LockTimeout as e:
+        print(f"distill-eval cache: the cache is busy: {e}; try again", file=sys.stderr)
+        return 1
+    _cache_list(folder, rows)
+    return 0
+
+
+def _cache_project(config: Path | None) -> ProjectConfig:
+    """The project config for ``distill-eval cache``: --config, or the nearest pyproject.toml (defaults if none)."""
+    from distill_eval.config import load_project_config
+    from distill_eval.errors import ConfigError
+
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError("file not found", file=str(config))
+        config = config.resolve()
+        return load_project_config(config.parent, config)
+    here = Path.cwd()
+    found = next((d for d in (here, *here.parents) if (d / "pyproject.toml").is_file()), None)
+    return load_project_config(found or here)
+
+
+#: statuses in the order they are listed and explained; --prune removes the PRUNED ones
+_STATUSES = ("current", "unknown", "stale", "corrupt", "orphan", "writing", "other")
+_PRUNED = ("stale", "corrupt", "orphan")
+
+
+class _ProjectKeys:
+    """The cache keys the project's pytest --distill run computes now, and why the others are unknown."""
+
+    def __init__(self) -> None:
+        self.current: set[str] = set()
+        self.fingerprints: dict[str, str] = {}
+        self.datasets: dict[str, str] = {}  # name -> content sha256
+        self.unknown_models: dict[str, str] = {}  # name -> why its fingerprint is unknown
+        self.unknown_datasets: dict[str, str] = {}  # name -> why its content hash is unknown
+        self.everything_unknown: str | None = None
+        self.models: set[str] = set()
+        self.dataset_names: set[str] = set()
+
+    @classmethod
+    def of(cls, project: ProjectConfig) -> _ProjectKeys:
+        from distill_eval.data import load_dataset
+        from distill_eval.errors import DistillError
+        from distill_eval.models import model_fingerprint, resolve_device
+        from distill_eval.session import output_cache_key
+
+        keys = cls()
+        keys.models, keys.dataset_names = set(project.models), set(project.datasets)
+        if project.file is None or not (project.models or project.datasets):
+            where = project.file or "no pyproject.toml found"
+            keys.everything_unknown = f"no models or datasets in [tool.distill_eval] ({where})"
+            return keys
+        try:
+            device = resolve_device(project.device)
+        except DistillError as e:
+            keys.everything_unknown = str(e)
+            return keys
+        for name, spec in project.models.items():
+            try:
+                fingerprint = model_fingerprint(spec)
+            except DistillError as e:
+                keys.unknown_models[name] = str(e)
+                continue
+            if fingerprint is None:
+                keys.unknown_models[name] = f"model '{name}' has no files to hash (its parameters key it, once loaded)"
+            else:
+                keys.fingerprints[name] = fingerprint
+        loaded = {}
+        for name, spec in project.datasets.items():
+            try:
+                loaded[name] = load_dataset(spec)
+            except DistillError as e:
+                keys.unknown_datasets[name] = str(e)
+                continue
+            keys.datasets[name] = loaded[name].sha256
+        for fingerprint in keys.fingerprints.values():
+            for data in loaded.values():
+                keys.current.add(output_cache_key(fingerprint, data, device=device, batch_size=project.batch_size))
+        return keys
+
+    def status(self, entry: CacheEntry) -> tuple[str, str]:
+        """(status, note) of a sound entry."""
+        if entry.key in self.current:
+            return "current", ""
+        if self.everything_unknown:
+            return "unknown", self.everything_unknown
+        model, dataset = entry.model, entry.dataset
+        for why in (self.unknown_models.get(model or ""), self.unknown_datasets.get(dataset or "")):
+            if why:
+                return "unknown", why
+        if model is None or dataset is None:
+            if self.unknown_models or self.unknown_datasets:
+                return "unknown", "its sidecar names no model or dataset"
+            return "stale", "no configured model and dataset give its key"
+        if model not in self.models:
+            return "stale", f"no model '{model}' in the config"
+        if dataset not in self.dataset_names:
+            return "stale", f"no dataset '{dataset}' in the config"
+        changed = []
+        if entry.info.get("fingerprint") != self.fingerprints[model]:
+            changed.append(f"model '{model}'")
+        if entry.info.get("dataset_sha256") != self.datasets[dataset]:
+            changed.append(f"dataset '{dataset}'")
+        if changed:
+            return "stale", " and ".join(changed) + (" have" if len(changed) > 1 else " has") + " changed"
+        return "stale", "computed with another device, batch_size or torch version"
+
+
+class _CacheRow:
+    """One line of the listing: an entry or stray file, and its status for this project."""
+
+    def __init__(self, entry: CacheEntry, status: str, note: str):
+        self.entry = entry
+        self.status = status
+        self.note = note
+
+    @classmethod
+    def of(cls, entry: CacheEntry, keys: _ProjectKeys) -> _CacheRow:
+        if entry.state == "ok":
+            return cls(entry, *keys.status(entry))
+        status = {"outdated": "stale"}.get(entry.state, entry.state)
+        return cls(entry, status, entry.note)
+
+    def cells(self, now: float) -> list[str]:
+        from distill_eval.outputs import format_size
+
+        e = self.entry
+        shape, dtype = e.shape or e.info.get("shape"), e.dtype or e.info.get("dtype")  # a corrupt one: as written
+        key = e.key or _key_of_temp(e.paths[0].name)
+        note = self.note
+        if not e.key:  # a stray file: its name, without the key the KEY column shows
+            name = e.paths[0].name
+            note = f"{note}: {name.replace(key[12:], '…') if key else name}"
+        return [
+            self.status,
+            e.model or "-",
+            e.dataset or "-",
+            "x".join(str(n) for n in shape) if isinstance(shape, list | tuple) else "-",
+            dtype if isinstance(dtype, str) else "-",
+            format_size(e.size),
+            _ago(e.created, now),
+            _ago(e.last_used, now) if e.key else "-",
+            key[:12] if key else "-",
+            note,
+        ]
+
+    def sort_key(self) -> tuple[Any, ...]:
+        e = self.entry
+        return (e.model is None, e.model or "", e.dataset or "", _STATUSES.index(self.status), -(e.created or 0))
+
+
+def _key_of_temp(name: str) -> str | None:
+    head = name.lstrip(".").split(".")[0]
+    return head if len(head) == 64 and all(c in "0123456789abcdef" for c in head) else None
+
+
+def _cache_list(folder: Path, rows: list[_CacheRow]) -> None:
+    import time
+    from collections import Counter
+
+    from distill_eval.outputs import format_size
+
+    entries = [r for r in rows if r.entry.key]
+    strays = [r for r in rows if not r.entry.key]
+    total = sum(r.entry.size for r in rows)
+    if not rows:
+        print(f"cache {_shown(folder)}: empty")
+        return
+    counts = Counter(r.status for r in entries)
+    parts = ", ".join(f"{counts[s]} {s}" for s in _STATUSES if counts[s])
+    line = f"cache {_shown(folder)}: {format_size(total)} in {_plural(len(entries), 'entry')}"
+    line += f" ({parts})" if parts else ""
+    if strays:
+        kinds = Counter(r.status for r in strays)
+        line += " and " + ", ".join(f"{_plural(kinds[s], f'{s} file')}" for s in _STATUSES if kinds[s])
+    print(line)
+    now = time.time()
+    header = ["STATUS", "MODEL", "DATASET", "SHAPE", "DTYPE", "SIZE", "CREATED", "LAST USED", "KEY", "NOTE"]
+    print(_table([header, *(r.cells(now) for r in sorted(rows, key=_CacheRow.sort_key))]))
+    prunable = [r for r in rows if r.status in _PRUNED]
+    if prunable:
+        freed = sum(r.entry.size for r in prunable)
+        print(f"`distill-eval cache --prune` would remove {_describe(prunable)}, freeing {format_size(freed)}")
+
+
+def _cache_prune(cache: OutputCache, rows: list[_CacheRow], *, prune: bool, max_size: int | None) -> int:
+    import time
+
+    from distill_eval.outputs import format_size
+
+    now = time.time()
+    doomed: list[tuple[_CacheRow, str]] = []
+    if prune:
+        doomed = [(r, r.note) for r in sorted(rows, key=_CacheRow.sort_key) if r.status in _PRUNED]
+    if max_size is not None:
+        chosen = {id(r) for r, _ in doomed}
+        size = sum(r.entry.size for r in rows if id(r) not in chosen)
+        # garbage first, then the least recently used; never a file some writer may still hold
+        candidates = sorted(
+            (r for r in rows if id(r) not in chosen and r.status not in ("writing", "other")),
+            key=lambda r: (r.status not in _PRUNED, r.entry.last_used or 0),
+        )
+        for row in candidates:
+            if size <= max_size:
+                break
+            why = row.note if row.status in _PRUNED else f"least recently used ({_ago(row.entry.last_used, now)})"
+            doomed.append((row, f"over --max-size: {why}"))
+            size -= row.entry.size
+    freed = cache.remove(r.entry for r, _ in doomed)
+    if doomed:
+        lines = []
+        for row, why in doomed:
+            cells = row.cells(now)
+            lines.append(["removed", cells[0], cells[1], cells[2], cells[5], cells[8], why])
+        print(_table(lines))
+    left = [r for r in rows if all(r is not d for d, _ in doomed)]
+    where = _shown(cache.folder)
+    kept = f"{_plural(sum(1 for r in left if r.entry.key), 'entry')} ({format_size(sum(r.entry.size for r in left))})"
+    if not doomed:
+        print(f"nothing to remove; {kept} in {where}")
+    else:
+        print(f"freed {format_size(freed)}; {kept} left in {where}")
+    return 0
+
+
+def _cache_clear(cache: OutputCache) -> int:
+    from distill_eval.outputs import format_size
+
+    scan = cache.scan()
+    freed = cache.remove(scan.entries)
+    entries = sum(1 for e in scan.entries if e.key)
+    others = len(scan.entries) - entries
+    what = _plural(entries, "entry") + (f" and {_plural(others, 'other file')}" if others else "")
+    print(f"removed {what} from {_shown(cache.folder)}; freed {format_size(freed)}")
+    return 0
+
+
+def _describe(rows: list[_CacheRow]) -> str:
+    from collections import Counter
+
+    counts = Counter(r.status for r in rows)
+    names = {"orphan": "orphaned temporary file", "stale": "stale entry", "corrupt": "corrupt entry"}
+    parts = [_plural(counts[s], names[s]) for s in _PRUNED if counts[s]]
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+
+
+def _plural(n: int, noun: str) -> str:
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1] + 'ies' if noun.endswith('entry') else noun + 's'}"
+
+
+def _ago(when: float | None, now: float) -> str:
+    if when is None:
+        return "-"
+    seconds = max(0.0, now - when)
+    for limit, unit, size in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600)):
+        if seconds < limit:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds // 86400)} d ago"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _shown(path: Path) -> str:
+    """A path for messages: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _report(args: argparse.Namespace) -> int:
     from distill_eval._io import atomic_write
     from distill_eval.report import render_html, render_summary
@@ -328,6 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "cache":
+        return _cache(args)
     raise AssertionError(args.command)  # argparse rejects unknown commands
 
 
