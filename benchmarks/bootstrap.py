@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from distill_eval.metrics import BootstrapInterval, bootstrap_intervals, kl_divergence, kl_per_example, weighted_sum
+from distill_eval.metrics.sums import WeightedSums, bootstrap_sums
 
 
 def make_logits(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,11 +127,28 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng(1)
         return bootstrap_intervals(stats, args.n, n_resamples=args.resamples, rng=rng, method=method)
 
+    def run_streaming() -> dict[str, BootstrapInterval]:
+        # what the checks use: the same five statistics as functions of weighted sums
+        sums = WeightedSums(args.n)
+        total = sums.column()
+        columns = {name: sums.column(v) for name, v in values.items()}
+        gap = sums.column(values["teacher_correct"] - values["student_correct"])
+        mean = {
+            "teacher_accuracy": columns["teacher_correct"],
+            "student_accuracy": columns["student_correct"],
+            "accuracy_gap": gap,
+            "top1": columns["agree"],
+            "kl": columns["kl"],
+        }
+        streaming = {name: (lambda s, h=h: s[h] / s[total]) for name, h in mean.items()}
+        return bootstrap_sums(streaming, sums, n_resamples=args.resamples, rng=np.random.default_rng(1))
+
     rows = [
         ("per-example values from logits (once)", best_of(args.repeat, lambda: per_example_values(*data))),
         ("baseline: numpy loop, values[idx].mean()", best_of(args.repeat, lambda: baseline(values, args.resamples, 1))),
         ("bootstrap_intervals, method='bca'", best_of(args.repeat, lambda: run_engine("bca"))),
         ("bootstrap_intervals, method='percentile'", best_of(args.repeat, lambda: run_engine("percentile"))),
+        ("bootstrap_sums (streaming, Poisson), 'bca'", best_of(args.repeat, run_streaming)),
     ]
     if args.naive_resamples > 0:
         factor = args.resamples / args.naive_resamples

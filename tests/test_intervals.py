@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import planted
@@ -13,7 +14,7 @@ from distill_eval import metrics as M
 from distill_eval.checks.agreement import _kappa
 from distill_eval.checks.calibration import _classwise, _temperature, _top_label
 from distill_eval.checks.copied_errors import _chance_copy_rate, _error_consistency
-from distill_eval.checks.intervals import binned_calibration_error, ratio_of
+from distill_eval.checks.intervals import Intervals
 from distill_eval.outputs import ModelOutputs
 
 RNG = np.random.default_rng(7)
@@ -24,12 +25,25 @@ Y = RNG.integers(0, C, size=N)
 ONES = np.ones((1, N))
 
 
+def intervals(bounded: frozenset[str] = frozenset()) -> Intervals:
+    """Intervals over N examples, outside any pytest run."""
+    suite = SimpleNamespace(confidence=0.95, bootstrap=200, seed=0)
+    ctx = SimpleNamespace(suite=suite, bounded_metrics=bounded, rng_for=lambda purpose: np.random.default_rng(0))
+    return Intervals(ctx, N)  # type: ignore[arg-type]
+
+
+def at(iv: Intervals, statistic, weights: np.ndarray = ONES) -> np.ndarray:
+    """A statistic of weighted sums, evaluated at explicit weight rows."""
+    return statistic(iv.sums.weighted(weights))
+
+
 @pytest.mark.parametrize("binning", ["uniform", "quantile"])
 def test_ece_and_mce_statistics_equal_the_metrics(binning: str) -> None:
     out = ModelOutputs("m", "d", LOGITS)
     bins, n_bins, gap = _top_label(out, Y, 10, binning)
-    ece = binned_calibration_error(gap, bins, n_bins)(ONES)[0]
-    mce = binned_calibration_error(gap, bins, n_bins, reduce="mce")(ONES)[0]
+    iv = intervals()
+    ece = at(iv, iv.binned_error(gap, bins, n_bins))[0]
+    mce = at(iv, iv.binned_error(gap, bins, n_bins, reduce="mce"))[0]
     assert ece == pytest.approx(M.expected_calibration_error(out.probs, Y, bins=10, binning=binning))
     assert mce == pytest.approx(M.maximum_calibration_error(out.probs, Y, bins=10, binning=binning))
     classwise = _classwise(out, Y, 10, binning)(ONES)[0]
@@ -43,7 +57,8 @@ def test_weighted_ece_equals_ece_of_the_resampled_rows() -> None:
     idx = RNG.integers(0, N, size=N)
     counts = np.bincount(idx, minlength=N)[None, :].astype(float)
     resampled = M.expected_calibration_error(out.probs[idx], Y[idx], bins=10)
-    assert binned_calibration_error(gap, bins, n_bins)(counts)[0] == pytest.approx(resampled)
+    iv = intervals()
+    assert at(iv, iv.binned_error(gap, bins, n_bins), counts)[0] == pytest.approx(resampled)
 
 
 def test_temperature_statistics_refit_on_weights() -> None:
@@ -56,20 +71,51 @@ def test_temperature_statistics_refit_on_weights() -> None:
 
 def test_kappa_statistic_equals_sklearn() -> None:
     a, b = LOGITS.argmax(1), OTHER.argmax(1)
-    assert _kappa(a, b, C)(ONES)[0] == pytest.approx(cohen_kappa_score(a, b))
+    iv = intervals()
+    kappa = _kappa(iv, a, b, C)
+    assert at(iv, kappa)[0] == pytest.approx(cohen_kappa_score(a, b))
+    idx = RNG.integers(0, N, size=N)  # and on a resample: the kappa of the repeated rows
+    counts = np.bincount(idx, minlength=N)[None, :].astype(float)
+    assert at(iv, kappa, counts)[0] == pytest.approx(cohen_kappa_score(a[idx], b[idx]))
 
 
 def test_copy_statistics_equal_the_metrics() -> None:
     t, s = LOGITS.argmax(1), OTHER.argmax(1)
-    assert _chance_copy_rate(Y, t, s, C)(ONES)[0] == pytest.approx(M.chance_copy_rate(Y, t, s, n_classes=C))
-    assert _error_consistency(t == Y, s == Y)(ONES)[0] == pytest.approx(M.error_consistency(Y, t, s))
+    iv = intervals()
+    chance = _chance_copy_rate(iv, Y, t, s, C)
+    assert at(iv, chance)[0] == pytest.approx(M.chance_copy_rate(Y, t, s, n_classes=C))
+    idx = RNG.integers(0, N, size=N)
+    counts = np.bincount(idx, minlength=N)[None, :].astype(float)
+    assert at(iv, chance, counts)[0] == pytest.approx(M.chance_copy_rate(Y[idx], t[idx], s[idx], n_classes=C))
+    assert at(iv, _error_consistency(iv, t == Y, s == Y))[0] == pytest.approx(M.error_consistency(Y, t, s))
     copied = (t != Y) & (s == t)
-    assert ratio_of(copied, t != Y)(ONES)[0] == pytest.approx(M.copy_rate(Y, t, s))
+    assert at(iv, iv.ratio(copied, t != Y))[0] == pytest.approx(M.copy_rate(Y, t, s))
 
 
-def test_ratio_of_is_nan_where_undefined() -> None:
-    weights = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert np.isnan(ratio_of(np.array([1.0, 0.0]), np.array([1.0, 0.0]))(weights)[1])
+def test_ratio_is_nan_where_undefined() -> None:
+    iv = intervals()
+    numerator, denominator = np.zeros(N), np.zeros(N)
+    numerator[0] = denominator[0] = 1.0
+    weights = np.zeros((2, N))
+    weights[0, 0] = weights[1, 1] = 1.0
+    assert at(iv, iv.ratio(numerator, denominator), weights)[0] == 1.0
+    assert np.isnan(at(iv, iv.ratio(numerator, denominator), weights)[1])
+
+
+def test_costly_intervals_run_when_cheap_or_bounded() -> None:
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return lambda w: w @ np.ones(N) / w.sum(axis=1)
+
+    iv = intervals()
+    iv.add_refit("cheap", factory, cost=10)
+    iv.add_refit("dear", factory, cost=10**12)
+    assert len(calls) == 1 and set(iv.compute()) == {"cheap"}
+    bounded = intervals(frozenset({"dear"}))
+    bounded.add_refit("dear", factory, cost=10**12)
+    assert set(bounded.compute()) == {"dear"}
 
 
 def _results_without_timing(path) -> dict:

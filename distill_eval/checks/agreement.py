@@ -11,8 +11,7 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
-from distill_eval.checks.intervals import Intervals, mean_of, ratio_of
-from distill_eval.metrics.stats import weighted_sum
+from distill_eval.checks.intervals import Intervals
 from distill_eval.report.extras import agreement_extras
 
 
@@ -23,17 +22,17 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
     }
 
 
-def _kappa(a: np.ndarray, b: np.ndarray, n_classes: int):
-    """Cohen's kappa of two prediction vectors as a weighted statistic."""
-    same = (a == b).astype(np.float64)
+def _kappa(intervals: Intervals, a: np.ndarray, b: np.ndarray, n_classes: int):
+    """Cohen's kappa of two prediction vectors as a statistic of weighted sums."""
+    same = intervals.sums.column((a == b).astype(np.float64))
+    per_a = intervals.sums.grouped(a, n_classes)
+    per_b = intervals.sums.grouped(b, n_classes)
+    total = intervals.total
 
-    def statistic(w: np.ndarray) -> np.ndarray:
-        total = weighted_sum(w)
-        p_a = weighted_sum(w, None, groups=a, n_groups=n_classes) / total[:, None]
-        p_b = weighted_sum(w, None, groups=b, n_groups=n_classes) / total[:, None]
-        observed, expected = weighted_sum(w, same) / total, (p_a * p_b).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+    def statistic(s) -> np.ndarray:
+        t = s[total]
+        observed, expected = s[same] / t, (s[per_a] * s[per_b]).sum(axis=1) / (t * t)
+        return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
 
     return statistic
 
@@ -45,17 +44,16 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     intervals = Intervals(ctx, n)
     agree = teacher.preds == student.preds
     in_topk = M.topk_agreement(t_logits, s_logits, k=params["k"]) * n
-    kl = M.kl_per_example(t_logits, s_logits, temperature=temperature)
-    js = M.js_per_example(t_logits, s_logits, temperature=temperature)
-    tvd = M.tvd_per_example(t_logits, s_logits, temperature=temperature)
+    per_example = M.divergences_per_example(t_logits, s_logits, temperature=temperature)  # one pass, not three
+    kl, js, tvd = per_example["kl"], per_example["js"], per_example["tvd"]
     for name, per_example in (("kl", kl), ("js", js), ("tvd", tvd)):
-        intervals.add(name, mean_of(per_example))
-    intervals.add("kappa", _kappa(teacher.preds, student.preds, teacher.n_classes))
+        intervals.add(name, intervals.mean(per_example))
+    intervals.add("kappa", _kappa(intervals, teacher.preds, student.preds, teacher.n_classes))
     y = ctx.dataset.y
     if y is not None:
         s_hit, t_hit = student.preds == y, teacher.preds == y
-        intervals.add("accuracy_gap", mean_of(t_hit.astype(float) - s_hit))  # paired: the same examples
-        intervals.add("accuracy_retention", ratio_of(s_hit, t_hit))
+        intervals.add("accuracy_gap", intervals.mean(t_hit.astype(float) - s_hit))  # paired: the same examples
+        intervals.add("accuracy_retention", intervals.ratio(s_hit, t_hit))
     cis = intervals.compute()
     values: dict[str, Metric] = {
         "top1": Metric.of(float(agree.mean()), intervals.proportion(agree.sum(), n)),

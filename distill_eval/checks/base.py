@@ -189,10 +189,12 @@ class CheckContext:
         return a, b
 
     def _check_labels(self, out: ModelOutputs) -> None:
-        y = self._source.dataset(out.dataset).y
+        data = self._source.dataset(out.dataset)
+        y = data.y
         if y is not None and y.max() >= out.n_classes:
+            where = f" ({data.source})" if data.source else ""
             raise DataError(
-                f"dataset '{out.dataset}' has label {int(y.max())}, but model '{out.model}' outputs only "
+                f"dataset '{out.dataset}'{where} has label {int(y.max())}, but model '{out.model}' outputs only "
                 f"{out.n_classes} classes (logits of shape {out.logits.shape}); labels must be in "
                 f"[0, {out.n_classes})"
             )

@@ -11,8 +11,9 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
-from distill_eval.checks.intervals import Intervals, binned_calibration_error, mean_of
+from distill_eval.checks.intervals import Intervals
 from distill_eval.metrics.calibration import bin_index
+from distill_eval.metrics.probabilities import top_probability
 from distill_eval.metrics.stats import weighted_sum
 from distill_eval.outputs import ModelOutputs
 from distill_eval.report.extras import calibration_extras
@@ -73,56 +74,70 @@ def _temperature(logits: np.ndarray, y: np.ndarray, *, then_ece: tuple[int, str]
     return statistic
 
 
+def _ece_at(logits: np.ndarray, y: np.ndarray, temperature: float, bins: int, binning: str) -> float:
+    """Top-label ECE of ``softmax(logits / temperature)``, without a probability matrix."""
+
+    confidence = top_probability(logits, temperature=temperature)
+    hit = np.argmax(logits, axis=1) == y
+    return M.reliability_bins(confidence, hit, bins=bins, binning=binning).ece
+
+
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     teacher, student = ctx.pair()
     y = ctx.labels
     bins, binning = params["bins"], params["binning"]
-    s_ece = M.expected_calibration_error(student.probs, y, bins=bins, binning=binning)
-    t_ece = M.expected_calibration_error(teacher.probs, y, bins=bins, binning=binning)
-    temperature = M.fit_temperature(student.logits, y)
-    values = {
-        "student_ece": s_ece,
-        "teacher_ece": t_ece,
-        "ece_gap": s_ece - t_ece,
-        "student_mce": M.maximum_calibration_error(student.probs, y, bins=bins, binning=binning),
-        "student_classwise_ece": M.classwise_ece(student.probs, y, bins=bins, binning=binning),
-        "student_brier": M.brier_score(student.probs, y),
-        "teacher_brier": M.brier_score(teacher.probs, y),
-        "student_nll": M.negative_log_likelihood(student.logits, y),
-        "teacher_nll": M.negative_log_likelihood(teacher.logits, y),
-        "student_temperature": temperature,
-        "student_ece_after_temperature": M.expected_calibration_error(
-            M.softmax(student.logits, temperature=temperature), y, bins=bins, binning=binning
-        ),
-    }
-
     intervals = Intervals(ctx, len(y))
     s_bins, s_n, s_gap = _top_label(student, y, bins, binning)
     t_bins, t_n, t_gap = _top_label(teacher, y, bins, binning)
-    student_ece = binned_calibration_error(s_gap, s_bins, s_n)
-    teacher_ece = binned_calibration_error(t_gap, t_bins, t_n)
+    student_ece = intervals.binned_error(s_gap, s_bins, s_n)
+    teacher_ece = intervals.binned_error(t_gap, t_bins, t_n)
+    student_mce = intervals.binned_error(s_gap, s_bins, s_n, reduce="mce")
+    s_brier, t_brier = M.brier_per_example(student.probs, y), M.brier_per_example(teacher.probs, y)
+    s_nll, t_nll = M.nll_per_example(student.logits, y), M.nll_per_example(teacher.logits, y)
+    totals = intervals.sums.totals()  # the binned errors on the data itself (all weights 1)
+    temperature = M.fit_temperature(student.logits, y)
+    values = {
+        "student_ece": float(student_ece(totals)[0]),
+        "teacher_ece": float(teacher_ece(totals)[0]),
+        "ece_gap": float(student_ece(totals)[0] - teacher_ece(totals)[0]),
+        "student_mce": float(student_mce(totals)[0]),
+        "student_classwise_ece": M.classwise_ece(student.probs, y, bins=bins, binning=binning),
+        "student_brier": float(s_brier.mean()),
+        "teacher_brier": float(t_brier.mean()),
+        "student_nll": float(s_nll.mean()),
+        "teacher_nll": float(t_nll.mean()),
+        "student_temperature": temperature,
+        "student_ece_after_temperature": _ece_at(student.logits, y, temperature, bins, binning),
+    }
     # Absolute calibration errors are biased upward: the basic bootstrap removes the bias the
     # resampling reproduces, and consistency resampling (below) decides whether the interval reaches 0.
     intervals.add("student_ece", student_ece, method="basic", support=_NONNEGATIVE)
     intervals.add("teacher_ece", teacher_ece, method="basic", support=_NONNEGATIVE)
     # The gap is paired: both models' errors on the same resampled examples, so the biases largely cancel.
-    intervals.add("ece_gap", lambda w: student_ece(w) - teacher_ece(w))
-    intervals.add(
-        "student_mce", binned_calibration_error(s_gap, s_bins, s_n, reduce="mce"), method="basic", support=(0.0, 1.0)
-    )
-    intervals.add("student_classwise_ece", _classwise(student, y, bins, binning), method="basic", support=_NONNEGATIVE)
-    intervals.add("student_brier", mean_of(M.brier_per_example(student.probs, y)))
-    intervals.add("teacher_brier", mean_of(M.brier_per_example(teacher.probs, y)))
-    intervals.add("student_nll", mean_of(M.nll_per_example(student.logits, y)))
-    intervals.add("teacher_nll", mean_of(M.nll_per_example(teacher.logits, y)))
-    logits = np.asarray(student.logits, dtype=np.float64)
-    intervals.add("student_temperature", lambda: _temperature(logits, y), costly=True)
-    intervals.add(
-        "student_ece_after_temperature",
-        lambda: _temperature(logits, y, then_ece=(bins, binning)),
+    intervals.add("ece_gap", lambda s: student_ece(s) - teacher_ece(s))
+    intervals.add("student_mce", student_mce, method="basic", support=(0.0, 1.0))
+    intervals.add("student_brier", intervals.mean(s_brier))
+    intervals.add("teacher_brier", intervals.mean(t_brier))
+    intervals.add("student_nll", intervals.mean(s_nll))
+    intervals.add("teacher_nll", intervals.mean(t_nll))
+    n, k, resamples = len(y), student.n_classes, ctx.suite.bootstrap
+    # a pass over every class's probabilities per resample
+    intervals.add_refit(
+        "student_classwise_ece",
+        lambda: _classwise(student, y, bins, binning),
+        cost=n * k * resamples,
         method="basic",
         support=_NONNEGATIVE,
-        costly=True,
+    )
+    # a temperature refit (tens of passes over the logits) per resample
+    logits = student.logits
+    intervals.add_refit("student_temperature", lambda: _temperature(logits, y), cost=50 * n * k * resamples)
+    intervals.add_refit(
+        "student_ece_after_temperature",
+        lambda: _temperature(logits, y, then_ece=(bins, binning)),
+        cost=50 * n * k * resamples,
+        method="basic",
+        support=_NONNEGATIVE,
     )
     cis = intervals.compute()
     level = 1 - (1 - ctx.suite.confidence) / 2

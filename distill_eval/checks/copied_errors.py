@@ -17,9 +17,9 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
-from distill_eval.checks.intervals import Intervals, ratio_of
+from distill_eval.checks.intervals import AFFORDABLE, Intervals
 from distill_eval.data import ids_file_mask
-from distill_eval.metrics.stats import clopper_pearson_interval, weighted_sum
+from distill_eval.metrics.stats import clopper_pearson_interval
 from distill_eval.report.extras import copied_errors_extras
 
 
@@ -38,32 +38,37 @@ def extra_models(params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     return [("control", params["control"])] if params["control"] else []
 
 
-def _chance_copy_rate(y: np.ndarray, t: np.ndarray, s: np.ndarray, n_classes: int):
-    """The chance copy rate as a weighted statistic: the student's confusion is re-estimated per resample."""
-    wrong = np.flatnonzero(t != y)
-    cell = y[wrong] * n_classes + t[wrong]  # (true class, teacher's wrong class) of each teacher error
+def _chance_copy_rate(intervals: Intervals, y: np.ndarray, t: np.ndarray, s: np.ndarray, n_classes: int):
+    """The chance copy rate as a statistic of weighted sums: the student's confusion is re-estimated per resample.
 
-    def statistic(w: np.ndarray) -> np.ndarray:
-        confusion = weighted_sum(w, None, groups=y * n_classes + s, n_groups=n_classes * n_classes)
-        per_class = weighted_sum(w, None, groups=y, n_groups=n_classes)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p_same = confusion[:, cell] / per_class[:, y[wrong]]
-        w_wrong = w[:, wrong]
-        return (w_wrong * np.nan_to_num(p_same)).sum(axis=1) / w_wrong.sum(axis=1)
+    ``chance = sum_{i: t_i != y_i} w_i P_w(s = t_i | y_i) / sum_{i: t_i != y_i} w_i``, where
+    ``P_w(s = j | y = c)`` is the weighted share of class ``c`` the student calls ``j``; summing
+    the teacher's errors per (class, teacher answer) cell makes it a function of three sets of sums.
+    """
+    cells = n_classes * n_classes
+    wrong = (t != y).astype(np.float64)
+    confusion = intervals.sums.grouped(y * n_classes + s, cells)  # (true class, student answer)
+    per_class = intervals.sums.grouped(y, n_classes)
+    errors = intervals.sums.grouped(y * n_classes + t, cells, wrong)  # teacher errors per (class, its answer)
+    row = np.arange(cells) // n_classes
+
+    def statistic(sums) -> np.ndarray:
+        p_same = sums[confusion] / sums[per_class][:, row]
+        e = sums[errors]
+        return (e * np.nan_to_num(p_same)).sum(axis=1) / e.sum(axis=1)
 
     return statistic
 
 
-def _error_consistency(t_hit: np.ndarray, s_hit: np.ndarray):
-    """Geirhos et al.'s error consistency (kappa of the two error indicators) as a weighted statistic."""
-    same = (t_hit == s_hit).astype(np.float64)
+def _error_consistency(intervals: Intervals, t_hit: np.ndarray, s_hit: np.ndarray):
+    """Geirhos et al.'s error consistency (kappa of the two error indicators) as a statistic of weighted sums."""
+    total = intervals.total
+    both = [intervals.sums.column(v.astype(np.float64)) for v in (t_hit, s_hit, t_hit == s_hit)]
 
-    def statistic(w: np.ndarray) -> np.ndarray:
-        total = weighted_sum(w)
-        a_t, a_s = weighted_sum(w, t_hit) / total, weighted_sum(w, s_hit) / total
-        observed, expected = weighted_sum(w, same) / total, a_t * a_s + (1 - a_t) * (1 - a_s)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+    def statistic(sums) -> np.ndarray:
+        a_t, a_s, observed = (sums[h] / sums[total] for h in both)
+        expected = a_t * a_s + (1 - a_t) * (1 - a_s)
+        return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
 
     return statistic
 
@@ -78,17 +83,32 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     no_errors = "the teacher makes no errors on this dataset"
 
     intervals = Intervals(ctx, n)
-    chance = _chance_copy_rate(y, t, s, k)
-    copy_rate = ratio_of(copied, t_wrong)
-    # The chance rate reads the student's confusion over every example, the teacher's errors
-    # included, so resampling those examples biases it upward; BCa then collapses to one end.
-    intervals.add("chance_copy_rate", chance, method="percentile")
-    intervals.add("copy_lift", lambda w: copy_rate(w) / chance(w), method="percentile")
-    intervals.add("error_consistency", _error_consistency(~t_wrong, ~s_wrong))
+    # The chance rate's sums run over (class, student answer, teacher answer) cells: the
+    # bootstrap pays a small product per cell and block, so a great many cells cost seconds.
+    cells = np.unique((y * k + s) * k + t).size
+    if any(
+        intervals.affordable(m, cells * (2 * ctx.suite.bootstrap + 2000)) for m in ("chance_copy_rate", "copy_lift")
+    ):
+        chance = _chance_copy_rate(intervals, y, t, s, k)
+        copy_rate = intervals.ratio(copied, t_wrong)
+        # The chance rate reads the student's confusion over every example, the teacher's errors
+        # included, so resampling those examples biases it upward; BCa then collapses to one end.
+        intervals.add("chance_copy_rate", chance, method="percentile")
+        intervals.add("copy_lift", lambda w: copy_rate(w) / chance(w), method="percentile")
+    intervals.add("error_consistency", _error_consistency(intervals, ~t_wrong, ~s_wrong))
     cis = intervals.compute() if n_errors else {}
 
     n_permutations = ctx.suite.bootstrap
-    p_value = M.copy_p_value(y, t, s, n_permutations=n_permutations, rng=ctx.rng_for("copy_p_value"))
+    # a shuffle of the student's answers within each class per permutation (a sort of n keys)
+    p_undefined = no_errors
+    if n_errors == 0 or intervals.affordable("copy_p_value", n * n_permutations * max(1.0, np.log2(n))):
+        p_value = M.copy_p_value(y, t, s, n_permutations=n_permutations, rng=ctx.rng_for("copy_p_value"))
+    else:
+        p_value = float("nan")
+        p_undefined = (
+            f"not computed: {n_permutations} permutations of {n} examples cost more than the "
+            f"{AFFORDABLE:.0e} operations spent on a metric no bound uses; bound copy_p_value to compute it"
+        )
     p_ci = None
     if not np.isnan(p_value):
         # The permutation p-value is a Monte Carlo estimate: its interval is that of a binomial proportion.
@@ -112,7 +132,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             cis.get("error_consistency"),
             undefined="expected error agreement is 1 (a model is always right or always wrong)",
         ),
-        "copy_p_value": Metric.of(p_value, p_ci, undefined=no_errors),
+        "copy_p_value": Metric.of(p_value, p_ci, undefined=p_undefined),
         "copied_share": Metric.of(
             M.copied_share(y, t, s),
             intervals.proportion(copied.sum(), s_wrong.sum()),

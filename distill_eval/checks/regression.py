@@ -69,7 +69,7 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
-from distill_eval.checks.intervals import Interval, Intervals, binned_calibration_error, mean_of
+from distill_eval.checks.intervals import Interval, Intervals
 from distill_eval.errors import CheckError
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.stats import clopper_pearson_interval
@@ -180,11 +180,11 @@ def mover_ratio(numerator: Metric, denominator: Metric) -> Interval | None:
 # -- shared pieces -------------------------------------------------------------------
 
 
-def _top_label_ece(out: ModelOutputs, y: np.ndarray):
-    """A model's top-label ECE (15 equal-width bins) and its weighted statistic, for the bootstrap."""
+def _top_label_ece(out: ModelOutputs, y: np.ndarray, intervals: Intervals):
+    """A model's top-label ECE (15 equal-width bins) and its statistic of weighted sums, for the bootstrap."""
     index, edges = bin_index(out.confidence, bins=BINS, binning="uniform")
-    value = M.expected_calibration_error(out.probs, y, bins=BINS, binning="uniform")
-    return value, binned_calibration_error((out.preds == y) - out.confidence, index, len(edges) - 1)
+    statistic = intervals.binned_error((out.preds == y) - out.confidence, index, len(edges) - 1)
+    return float(statistic(intervals.sums.totals())[0]), statistic
 
 
 def _p50(metrics: Mapping[str, Metric], models: Mapping[str, str], model: str) -> Metric | None:
@@ -254,12 +254,12 @@ def _paired(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     agree_c = (cand.preds == teacher.preds).astype(np.float64)
     kl_b = M.kl_per_example(teacher.logits, base.logits)
     kl_c = M.kl_per_example(teacher.logits, cand.logits)
-    intervals.add("agreement_drop", mean_of(agree_b - agree_c))
-    intervals.add("kl_increase", mean_of(kl_c - kl_b))
+    intervals.add("agreement_drop", intervals.mean(agree_b - agree_c))
+    intervals.add("kl_increase", intervals.mean(kl_c - kl_b))
     y = ctx.dataset.y
     if y is not None:
-        ece_b, stat_b = _top_label_ece(base, y)
-        ece_c, stat_c = _top_label_ece(cand, y)
+        ece_b, stat_b = _top_label_ece(base, y, intervals)
+        ece_c, stat_c = _top_label_ece(cand, y, intervals)
         # paired: both students' calibration errors on the same resampled examples
         intervals.add("ece_increase", lambda w: stat_c(w) - stat_b(w))
     cis = intervals.compute()
@@ -316,7 +316,7 @@ def _difference(first: Metric, second: Metric) -> Metric:
 
 def _candidate_ece(ctx: CheckContext, cand: ModelOutputs, y: np.ndarray, intervals: Intervals) -> float:
     """The candidate's ECE; its interval is added to ``intervals`` as the calibration kind does."""
-    value, statistic = _top_label_ece(cand, y)
+    value, statistic = _top_label_ece(cand, y, intervals)
     intervals.add("ece", statistic, method="basic", support=_NONNEGATIVE)
     return value
 
@@ -369,7 +369,7 @@ def _stored(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     n = cand.n
     intervals = Intervals(ctx, n)
     kl = M.kl_per_example(teacher.logits, cand.logits)
-    intervals.add("kl", mean_of(kl))
+    intervals.add("kl", intervals.mean(kl))
     agree = cand.preds == teacher.preds
     y = ctx.dataset.y
     ece = _candidate_ece(ctx, cand, y, intervals) if y is not None else None

@@ -149,27 +149,28 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
 
     # Per-slice retention and gap, and the worst of them, from one paired bootstrap over all examples.
     intervals = Intervals(ctx, data.n)
-    member = np.stack(masks, axis=1).astype(np.float64) if masks else np.zeros((data.n, 0))  # (n, n_slices)
-    s_in, t_in = member * student_hit[:, None], member * teacher_hit[:, None]
+    inside = []  # each slice's (size, student hits, teacher hits), summed over its examples
+    for mask in masks:
+        member = mask.astype(np.intp)
+        inside.append([intervals.sums.grouped(member, 2, v) for v in (None, student_hit, teacher_hit)])
 
-    last: list[Any] = [None, None]  # (weights, result): every statistic of a chunk reuses one computation
+    last: list[Any] = [None, None]  # (sums, result): every statistic of a pass reuses one computation
 
-    def per_slice(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if last[0] is w:
+    def per_slice(sums) -> tuple[np.ndarray, np.ndarray]:
+        if last[0] is sums:
             return last[1]
-        size, s_sum, t_sum = w @ member, w @ s_in, w @ t_in
-        with np.errstate(invalid="ignore", divide="ignore"):
-            retention = np.where(t_sum > 0, s_sum / np.where(t_sum > 0, t_sum, 1), np.nan)
-            gap = np.where(size > 0, (t_sum - s_sum) / np.where(size > 0, size, 1), np.nan)
-        last[:] = [w, (retention, gap)]
+        size, s_sum, t_sum = (np.stack([sums[h[j]][:, 1] for h in inside], axis=1) for j in range(3))
+        retention = np.where(t_sum > 0, s_sum / np.where(t_sum > 0, t_sum, 1), np.nan)
+        gap = np.where(size > 0, (t_sum - s_sum) / np.where(size > 0, size, 1), np.nan)
+        last[:] = [sums, (retention, gap)]
         return retention, gap
 
     for i in supported:
-        intervals.add(f"{i}:retention", lambda w, i=i: per_slice(w)[0][:, i])
-        intervals.add(f"{i}:gap", lambda w, i=i: per_slice(w)[1][:, i])
+        intervals.add(f"{i}:retention", lambda s, i=i: per_slice(s)[0][:, i])
+        intervals.add(f"{i}:gap", lambda s, i=i: per_slice(s)[1][:, i])
     if supported:
-        intervals.add("worst_retention", lambda w: _nan_extreme(per_slice(w)[0][:, supported], np.min))
-        intervals.add("worst_gap", lambda w: _nan_extreme(per_slice(w)[1][:, supported], np.max))
+        intervals.add("worst_retention", lambda s: _nan_extreme(per_slice(s)[0][:, supported], np.min))
+        intervals.add("worst_gap", lambda s: _nan_extreme(per_slice(s)[1][:, supported], np.max))
     cis = intervals.compute()
 
     measured = [

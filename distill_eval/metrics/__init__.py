@@ -13,6 +13,7 @@ and :mod:`~distill_eval.metrics.copying` (copied teacher errors).
 
 from distill_eval.metrics.agreement import (
     cohen_kappa,
+    divergences_per_example,
     js_divergence,
     js_per_example,
     kl_divergence,
@@ -35,6 +36,7 @@ from distill_eval.metrics.calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
     nll_per_example,
+    reliability_bins,
 )
 from distill_eval.metrics.copying import (
     chance_copy_rate,
@@ -74,6 +76,7 @@ __all__ = [
     "check_probs",
     "classwise_ece",
     "cohen_kappa",
+    "divergences_per_example",
     "consistency_resampling",
     "copied_share",
     "copy_lift",
@@ -95,6 +98,7 @@ __all__ = [
     "maximum_calibration_error",
     "negative_log_likelihood",
     "nll_per_example",
+    "reliability_bins",
     "softmax",
     "teacher_errors",
     "top1_agreement",

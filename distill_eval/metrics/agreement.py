@@ -7,6 +7,8 @@ in float64, in nats, without the ``T**2`` factor used in distillation losses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -14,13 +16,17 @@ from distill_eval.metrics.probabilities import (
     _check_int_param,
     _check_same_length,
     _check_same_shape,
+    _check_temperature,
+    _checked,
+    _log_softmax_rows,
     check_labels,
-    check_logits,
-    log_softmax,
+    map_rows,
+    row_blocks,
 )
 
 __all__ = [
     "cohen_kappa",
+    "divergences_per_example",
     "js_divergence",
     "js_per_example",
     "kl_divergence",
@@ -32,21 +38,46 @@ __all__ = [
 ]
 
 
-def _pair(teacher_logits: ArrayLike, student_logits: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    teacher = check_logits(teacher_logits, "teacher_logits")
-    student = check_logits(student_logits, "student_logits")
+def _pair(teacher_logits: ArrayLike, student_logits: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    teacher = _checked(teacher_logits, "teacher_logits")
+    student = _checked(student_logits, "student_logits")
     _check_same_shape("teacher_logits", teacher, "student_logits", student)
     return teacher, student
 
 
-def _pair_log_probs(
-    teacher_logits: ArrayLike, student_logits: ArrayLike, temperature: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _per_example(
+    fn: Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]],
+    teacher_logits: ArrayLike,
+    student_logits: ArrayLike,
+    temperature: float,
+) -> NDArray[np.float64]:
+    """``fn(log_p, log_q)`` over blocks of rows of both models' log-probabilities at ``temperature``."""
     teacher, student = _pair(teacher_logits, student_logits)
-    return (
-        log_softmax(teacher, temperature=temperature),
-        log_softmax(student, temperature=temperature),
-    )
+    t = _check_temperature(temperature)
+
+    def block(rows: slice, a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+        a /= t
+        b /= t
+        return fn(_log_softmax_rows(a), _log_softmax_rows(b))
+
+    return map_rows(block, teacher, student)
+
+
+def _kl(log_p: NDArray[np.float64], log_q: NDArray[np.float64]) -> NDArray[np.float64]:
+    p = np.exp(log_p)
+    return np.maximum(np.where(p > 0, p * (log_p - log_q), 0.0).sum(axis=1), 0.0)
+
+
+def _js(log_p: NDArray[np.float64], log_q: NDArray[np.float64]) -> NDArray[np.float64]:
+    p, q = np.exp(log_p), np.exp(log_q)
+    with np.errstate(divide="ignore", invalid="ignore"):  # -inf only where p = q = 0, masked below
+        log_m = np.log(0.5 * (p + q))  # cheaper than logaddexp, and exact wherever p or q > 0
+        terms = np.where(p > 0, p * (log_p - log_m), 0.0) + np.where(q > 0, q * (log_q - log_m), 0.0)
+    return np.clip(0.5 * terms.sum(axis=1), 0.0, np.log(2.0))
+
+
+def _tvd(log_p: NDArray[np.float64], log_q: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.clip(0.5 * np.abs(np.exp(log_p) - np.exp(log_q)).sum(axis=1), 0.0, 1.0)
 
 
 def top1_agreement(teacher_logits: ArrayLike, student_logits: ArrayLike) -> float:
@@ -92,10 +123,12 @@ def topk_agreement(teacher_logits: ArrayLike, student_logits: ArrayLike, *, k: i
     """
     k = _check_int_param("k", k, low=1)
     teacher, student = _pair(teacher_logits, student_logits)
-    rows = np.arange(teacher.shape[0])
-    score = student[rows, teacher.argmax(axis=1)]
-    n_above = np.count_nonzero(student > score[:, None], axis=1)
-    return float(np.mean(n_above < k))
+
+    def in_topk(rows: slice, t: NDArray[np.float64], s: NDArray[np.float64]) -> NDArray[np.float64]:
+        score = s[np.arange(s.shape[0]), t.argmax(axis=1)]
+        return np.count_nonzero(s > score[:, None], axis=1) < k
+
+    return float(np.mean(map_rows(in_topk, teacher, student)))
 
 
 def kl_per_example(
@@ -117,10 +150,32 @@ def kl_per_example(
     kl : ndarray of shape (n_samples,)
         Values in [0, inf).
     """
-    log_p, log_q = _pair_log_probs(teacher_logits, student_logits, temperature)
-    p = np.exp(log_p)
-    terms = np.where(p > 0, p * (log_p - log_q), 0.0)
-    return np.maximum(terms.sum(axis=1), 0.0)
+
+    return _per_example(_kl, teacher_logits, student_logits, temperature)
+
+
+def divergences_per_example(
+    teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0
+) -> dict[str, NDArray[np.float64]]:
+    """KL, Jensen-Shannon and total variation of each example, in one pass over both matrices.
+
+    Equal to :func:`kl_per_example`, :func:`js_per_example` and :func:`tvd_per_example`; for
+    callers that need all three (each alone computes both models' log-probabilities again).
+
+    Returns
+    -------
+    dict with keys ``"kl"``, ``"js"``, ``"tvd"``, each an ndarray of shape (n_samples,)
+    """
+    teacher, student = _pair(teacher_logits, student_logits)
+    t = _check_temperature(temperature)
+    out = {name: np.empty(teacher.shape[0]) for name in ("kl", "js", "tvd")}
+    for rows in row_blocks(*teacher.shape):
+        log_p = _log_softmax_rows(np.array(teacher[rows], dtype=np.float64) / t)
+        log_q = _log_softmax_rows(np.array(student[rows], dtype=np.float64) / t)
+        out["kl"][rows] = _kl(log_p, log_q)
+        out["js"][rows] = _js(log_p, log_q)
+        out["tvd"][rows] = _tvd(log_p, log_q)
+    return out
 
 
 def kl_divergence(teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0) -> float:
@@ -164,11 +219,8 @@ def js_per_example(
     js : ndarray of shape (n_samples,)
         Values in [0, ln 2].
     """
-    log_p, log_q = _pair_log_probs(teacher_logits, student_logits, temperature)
-    p, q = np.exp(log_p), np.exp(log_q)
-    log_m = np.logaddexp(log_p, log_q) - np.log(2.0)
-    terms = np.where(p > 0, p * (log_p - log_m), 0.0) + np.where(q > 0, q * (log_q - log_m), 0.0)
-    return np.clip(0.5 * terms.sum(axis=1), 0.0, np.log(2.0))
+
+    return _per_example(_js, teacher_logits, student_logits, temperature)
 
 
 def js_divergence(teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0) -> float:
@@ -209,8 +261,8 @@ def tvd_per_example(
     tvd : ndarray of shape (n_samples,)
         Values in [0, 1].
     """
-    log_p, log_q = _pair_log_probs(teacher_logits, student_logits, temperature)
-    return np.clip(0.5 * np.abs(np.exp(log_p) - np.exp(log_q)).sum(axis=1), 0.0, 1.0)
+
+    return _per_example(_tvd, teacher_logits, student_logits, temperature)
 
 
 def total_variation(teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0) -> float:

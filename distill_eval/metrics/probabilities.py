@@ -1,6 +1,8 @@
 """From logits to probabilities, and the input checks every metric shares.
 
-Everything is computed in float64. Validators raise :class:`ValueError` with
+Everything is computed in float64, a block of rows at a time (:func:`map_rows`):
+float32 logits of a million examples are never copied whole to float64, and every
+temporary stays in cache. Validators raise :class:`ValueError` with
 what was found ("logits contain 3 non-finite values", "labels has 99 rows but
 probs has 100"); metrics call them before computing anything, so a malformed
 array never turns into a number.
@@ -8,6 +10,7 @@ array never turns into a number.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from numbers import Integral, Real
 
 import numpy as np
@@ -29,8 +32,30 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def _check_matrix(values: ArrayLike, name: str) -> NDArray[np.float64]:
-    """Return ``values`` as a finite float64 matrix of shape (n >= 1, k >= 1)."""
+_CHUNK_VALUES = 1 << 17  # values per block of rows: 1 MiB of float64 per temporary
+
+
+def row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    """Consecutive row slices holding about ``_CHUNK_VALUES`` values each."""
+    step = max(1, _CHUNK_VALUES // max(1, n_cols))
+    return (slice(start, start + step) for start in range(0, n_rows, step))
+
+
+def map_rows(fn: Callable[..., np.ndarray], *matrices: np.ndarray, out_dtype: type = np.float64) -> np.ndarray:
+    """``fn(rows, *blocks)`` over blocks of rows, as float64; the per-row results concatenated.
+
+    ``rows`` is the block's slice (to index per-row arguments such as labels); each block
+    is a float64 copy of the matrices' rows, which ``fn`` may overwrite.
+    """
+    n, k = matrices[0].shape
+    out = np.empty(n, dtype=out_dtype)
+    for rows in row_blocks(n, k):
+        out[rows] = fn(rows, *(np.array(m[rows], dtype=np.float64) for m in matrices))
+    return out
+
+
+def _checked(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` as a finite float matrix of shape (n >= 1, k >= 1), float32 kept as is (no copy)."""
     array = np.asarray(values)
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a numeric array, got dtype {array.dtype}")
@@ -40,12 +65,40 @@ def _check_matrix(values: ArrayLike, name: str) -> NDArray[np.float64]:
         raise ValueError(f"{name} has 0 rows; at least one example is needed")
     if array.shape[1] == 0:
         raise ValueError(f"{name} has 0 columns; at least one class is needed")
-    array = array.astype(np.float64, copy=False)
-    n_bad = int(np.count_nonzero(~np.isfinite(array)))
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)
+    n_bad = sum(int(np.count_nonzero(~np.isfinite(array[rows]))) for rows in row_blocks(*array.shape))
     if n_bad:
         plural = "value" if n_bad == 1 else "values"
         raise ValueError(f"{name} contain {n_bad} non-finite {plural} (NaN or inf)")
     return array
+
+
+def _check_matrix(values: ArrayLike, name: str) -> NDArray[np.float64]:
+    """Return ``values`` as a finite float64 matrix of shape (n >= 1, k >= 1)."""
+    return _checked(values, name).astype(np.float64, copy=False)
+
+
+def top_probability(logits: np.ndarray, *, temperature: float = 1.0) -> NDArray[np.float64]:
+    """The largest class probability of each row of ``softmax(logits / temperature)``, in float64.
+
+    Computed a block of rows at a time, without a probability matrix (internal: inputs are
+    a model's validated outputs).
+    """
+
+    def top(rows: slice, z: NDArray[np.float64]) -> NDArray[np.float64]:
+        z /= temperature
+        z -= z.max(axis=1, keepdims=True)
+        return 1.0 / np.exp(z).sum(axis=1)  # the top class's logit is now 0
+
+    return map_rows(top, logits)
+
+
+def _log_softmax_rows(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row-wise log-softmax of a float64 block (modified in place)."""
+    z -= z.max(axis=1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return z
 
 
 def check_logits(logits: ArrayLike, name: str = "logits") -> NDArray[np.float64]:
@@ -90,7 +143,7 @@ def check_probs(probs: ArrayLike, name: str = "probs", *, atol: float = 1e-4) ->
     Returns
     -------
     probs : ndarray of shape (n_samples, n_classes)
-        The same values as a float64 array.
+        The same values: float32 kept as is (never copied whole), other dtypes as float64.
 
     Raises
     ------
@@ -98,14 +151,16 @@ def check_probs(probs: ArrayLike, name: str = "probs", *, atol: float = 1e-4) ->
         If the array fails :func:`check_logits`, has values outside [0, 1] or
         rows that do not sum to 1.
     """
-    array = _check_matrix(probs, name)
-    n_out = int(np.count_nonzero((array < -atol) | (array > 1.0 + atol)))
+    array = _checked(probs, name)
+    n_out = sum(
+        int(np.count_nonzero((array[rows] < -atol) | (array[rows] > 1.0 + atol))) for rows in row_blocks(*array.shape)
+    )
     if n_out:
         raise ValueError(
             f"{name} must lie in [0, 1], but {n_out} values do not "
             f"(min {array.min():.6g}, max {array.max():.6g}); pass softmax(logits)"
         )
-    deviation = np.abs(array.sum(axis=1) - 1.0)
+    deviation = np.abs(map_rows(lambda rows, p: p.sum(axis=1), array) - 1.0)
     n_rows = int(np.count_nonzero(deviation > atol))
     if n_rows:
         raise ValueError(
@@ -223,9 +278,11 @@ def log_softmax(logits: ArrayLike, *, temperature: float = 1.0) -> NDArray[np.fl
     >>> log_softmax([[0.0, -1000.0]])[0, 1]
     np.float64(-1000.0)
     """
-    z = check_logits(logits) / _check_temperature(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    z, t = _checked(logits, "logits"), _check_temperature(temperature)
+    out = np.empty(z.shape)
+    for rows in row_blocks(*z.shape):
+        out[rows] = _log_softmax_rows(z[rows] / t)
+    return out
 
 
 def softmax(logits: ArrayLike, *, temperature: float = 1.0) -> NDArray[np.float64]:
@@ -248,9 +305,13 @@ def softmax(logits: ArrayLike, *, temperature: float = 1.0) -> NDArray[np.float6
     >>> softmax([[0.0, 0.0]])
     array([[0.5, 0.5]])
     """
-    z = check_logits(logits) / _check_temperature(temperature)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    z, t = _checked(logits, "logits"), _check_temperature(temperature)
+    out = np.empty(z.shape)
+    for rows in row_blocks(*z.shape):
+        e = z[rows] / t
+        np.exp(e - e.max(axis=1, keepdims=True), out=e)
+        out[rows] = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 def entropy(probs: ArrayLike) -> NDArray[np.float64]:
@@ -266,9 +327,11 @@ def entropy(probs: ArrayLike) -> NDArray[np.float64]:
     entropy : ndarray of shape (n_samples,)
         Values in [0, log(n_classes)].
     """
-    p = check_probs(probs)
-    safe = np.where(p > 0, p, 1.0)
-    return np.maximum(-(p * np.log(safe)).sum(axis=1), 0.0)
+
+    def rows_entropy(rows: slice, p: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.maximum(-(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1), 0.0)
+
+    return map_rows(rows_entropy, check_probs(probs))
 
 
 def top2_margin(probs: ArrayLike) -> NDArray[np.float64]:
@@ -287,5 +350,9 @@ def top2_margin(probs: ArrayLike) -> NDArray[np.float64]:
     p = check_probs(probs)
     if p.shape[1] == 1:
         return np.zeros(p.shape[0])
-    top = np.partition(p, -2, axis=1)
-    return top[:, -1] - top[:, -2]
+
+    def rows_margin(rows: slice, block: NDArray[np.float64]) -> NDArray[np.float64]:
+        top = np.partition(block, -2, axis=1)
+        return top[:, -1] - top[:, -2]
+
+    return map_rows(rows_margin, p)

@@ -280,14 +280,38 @@ def bootstrap_intervals(
             resampled[name][start : start + w.shape[0]] = _evaluate(name, stat, w)
         del w
 
+    return _intervals(
+        estimates,
+        resampled,
+        lambda names: _jackknife({name: statistics[name] for name in names}, n, rng, rows),
+        methods,
+        supports,
+        confidence,
+        n_resamples,
+    )
+
+
+def _intervals(
+    estimates: Mapping[str, float],
+    resampled: Mapping[str, NDArray[np.float64]],
+    jackknife: Callable[[list[str]], Mapping[str, NDArray[np.float64]]],
+    methods: Mapping[str, str],
+    supports: Mapping[str, tuple[float, float]],
+    confidence: float,
+    n_resamples: int,
+) -> dict[str, BootstrapInterval]:
+    """Intervals from each statistic's estimate and resampled values (shared by both bootstrap engines).
+
+    ``jackknife(names)`` gives the jackknife values of the statistics whose BCa intervals need them.
+    """
     finite = {name: values[np.isfinite(values)] for name, values in resampled.items()}
-    valid = {name: bool(np.isfinite(estimates[name]) and 2 * finite[name].size >= n_resamples) for name in statistics}
-    jackknifed = [name for name in statistics if methods[name] == "bca" and valid[name]]
-    jackknife = _jackknife({name: statistics[name] for name in jackknifed}, n, rng, rows) if jackknifed else {}
+    valid = {name: bool(np.isfinite(estimates[name]) and 2 * finite[name].size >= n_resamples) for name in estimates}
+    jackknifed = [name for name in estimates if methods[name] == "bca" and valid[name]]
+    jack = jackknife(jackknifed) if jackknifed else {}
 
     alpha = 1 - confidence
     intervals = {}
-    for name in statistics:
+    for name in estimates:
         estimate, values = estimates[name], finite[name]
         if not valid[name]:
             intervals[name] = BootstrapInterval(estimate, None, None, "none", int(values.size))
@@ -295,7 +319,7 @@ def bootstrap_intervals(
         used = methods[name]
         levels = (alpha / 2, 1 - alpha / 2)
         if used == "bca":
-            adjusted = _bca_levels(estimate, values, jackknife[name], alpha)
+            adjusted = _bca_levels(estimate, values, jack[name], alpha)
             if adjusted is None:
                 used = "percentile"
             else:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distill_eval.metrics.calibration import ReliabilityBins, calibration_bins
+from distill_eval.metrics.calibration import ReliabilityBins, reliability_bins
 
 if TYPE_CHECKING:
     from distill_eval.data import Dataset
@@ -88,6 +88,10 @@ def _confidence_histogram(out: ModelOutputs, y: np.ndarray, edges: np.ndarray) -
     }
 
 
+def _reliability_of(out: ModelOutputs, y: np.ndarray, *, bins: int, binning: str) -> ReliabilityBins:
+    return reliability_bins(out.confidence, out.preds == y, bins=bins, binning=binning)  # type: ignore[arg-type]
+
+
 def calibration_extras(
     teacher: ModelOutputs, student: ModelOutputs, y: np.ndarray, *, bins: int, binning: str
 ) -> dict[str, Any]:
@@ -96,8 +100,8 @@ def calibration_extras(
     return {
         "reliability": {
             "binning": binning,
-            "student": reliability(calibration_bins(student.probs, y, bins=bins, binning=binning)),  # type: ignore[arg-type]
-            "teacher": reliability(calibration_bins(teacher.probs, y, bins=bins, binning=binning)),  # type: ignore[arg-type]
+            "student": reliability(_reliability_of(student, y, bins=bins, binning=binning)),
+            "teacher": reliability(_reliability_of(teacher, y, bins=bins, binning=binning)),
         },
         "confidence_histogram": {
             "edges": [_round(e) for e in edges],

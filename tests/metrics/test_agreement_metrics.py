@@ -184,3 +184,15 @@ def test_kappa_validates_inputs():
         cohen_kappa([0, 1, 0, 1], [0, 1, 0])
     with pytest.raises(ValueError, match=r"pred_a must lie in \[0, 2\)"):
         cohen_kappa([0, 2], [0, 1], n_classes=2)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_divergences_in_one_pass_equal_the_single_metrics(temperature: float) -> None:
+    from distill_eval.metrics import divergences_per_example, js_per_example, kl_per_example, tvd_per_example
+
+    rng = np.random.default_rng(9)
+    teacher = rng.normal(0, 3, size=(300, 8)).astype(np.float32)
+    student = teacher + rng.normal(0, 1, size=(300, 8)).astype(np.float32)
+    both = divergences_per_example(teacher, student, temperature=temperature)
+    for name, single in (("kl", kl_per_example), ("js", js_per_example), ("tvd", tvd_per_example)):
+        np.testing.assert_array_equal(both[name], single(teacher, student, temperature=temperature))

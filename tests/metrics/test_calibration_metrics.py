@@ -8,6 +8,7 @@ import statistics
 import numpy as np
 import pytest
 import scipy.special
+import scipy.stats
 from sklearn.metrics import brier_score_loss, log_loss
 
 from distill_eval.metrics import (
@@ -320,3 +321,66 @@ def test_consistency_resampling_flags_an_overconfident_model() -> None:
     sharp = np.exp(3 * logits) / np.exp(3 * logits).sum(axis=1, keepdims=True)  # same labels, overconfident
     null = consistency_resampling(sharp.max(axis=1), n_draws=300, rng=rng)
     assert expected_calibration_error(sharp, y) > np.quantile(null, 0.975)
+
+
+def test_consistency_resampling_of_large_bins_matches_drawing_every_outcome() -> None:
+    """Large bins use the normal law for their sums; the null must match drawing each outcome."""
+    from distill_eval.metrics import bin_index, consistency_resampling
+
+    rng = np.random.default_rng(2)
+    conf = rng.beta(8, 2, size=100_000)  # most bins hold thousands of examples, the low ones a few
+    index, edges = bin_index(conf, bins=15)
+    exact = np.empty(400)
+    for d in range(exact.size):  # the definition, one Bernoulli per example
+        gap = (rng.random(conf.size) < conf) - conf
+        exact[d] = np.abs(np.bincount(index, weights=gap, minlength=edges.size - 1)).sum() / conf.size
+    fast = consistency_resampling(conf, n_draws=4000, rng=np.random.default_rng(3))
+    for q in (0.1, 0.5, 0.9, 0.975):
+        assert np.quantile(fast, q) == pytest.approx(np.quantile(exact, q), rel=0.08)
+    assert scipy.stats.ks_2samp(fast, exact).pvalue > 0.001
+
+
+@pytest.mark.parametrize("binning", ["uniform", "quantile"])
+def test_reliability_bins_from_confidence_equal_calibration_bins(binning: str) -> None:
+    from distill_eval.metrics import calibration_bins, reliability_bins
+
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(6) * 0.5, size=700)
+    y = rng.integers(0, 6, size=700)
+    ours = reliability_bins(p.max(axis=1), p.argmax(axis=1) == y, bins=12, binning=binning)
+    reference = calibration_bins(p, y, bins=12, binning=binning)
+    np.testing.assert_array_equal(ours.count, reference.count)
+    assert ours.ece == pytest.approx(reference.ece, rel=1e-12)
+    with pytest.raises(ValueError, match="confidence must be"):
+        reliability_bins([1.5], [True])
+
+
+def test_classwise_ece_one_pass_equals_the_per_class_definition() -> None:
+    """Uniform bins take a one-pass path; it must equal the mean of one-vs-rest ECEs."""
+    from distill_eval.metrics import classwise_ece
+
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet(np.ones(4), size=900)
+    p[:5] = np.eye(4)[[0, 1, 2, 3, 0]]  # probabilities of exactly 0 and 1 sit on the outer edges
+    y = rng.integers(0, 4, size=900)
+    per_class = []
+    for k in range(4):  # one-vs-rest: bins (lo, hi] of p[:, k] against the indicator y == k
+        index = np.clip(np.searchsorted(np.arange(16) / 15, p[:, k], side="left") - 1, 0, 14)
+        gap = np.bincount(index, weights=(y == k) - p[:, k], minlength=15)
+        per_class.append(np.abs(gap).sum() / 900)
+    assert classwise_ece(p, y, bins=15) == pytest.approx(np.mean(per_class), rel=1e-12)
+
+
+def test_equal_width_bins_on_many_values_match_the_edge_search() -> None:
+    """The arithmetic path for equal-width bins must put every value where searchsorted does."""
+    from distill_eval.metrics.calibration import _assign
+
+    rng = np.random.default_rng(6)
+    for bins in (1, 7, 10, 15, 100):
+        edges = np.arange(bins + 1) / bins
+        near = np.repeat(edges, 50) + rng.choice([-1, 0, 1], size=50 * (bins + 1)) * np.finfo(float).eps
+        values = np.clip(np.concatenate([rng.random(20_000), near, [0.0, 1.0]]), 0.0, 1.0)
+        expected = np.clip(np.searchsorted(edges, values, side="left") - 1, 0, bins - 1)
+        np.testing.assert_array_equal(_assign(values, edges), expected)
+        block = values[: 20_000].reshape(200, 100)  # 2-D blocks too (classwise ECE)
+        np.testing.assert_array_equal(_assign(block, edges), expected[: 20_000].reshape(200, 100))
