@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from distill_eval.config import ProjectConfig
 from distill_eval.errors import DistillError, DistillWarning
-from distill_eval.results import CheckResult
-from distill_eval.session import DistillSession
 from distill_eval.suite import CheckSpec, SuiteSpec, load_suite
 
-SESSION_KEY = pytest.StashKey[DistillSession]()
-PROJECT_KEY = pytest.StashKey[ProjectConfig]()
+if TYPE_CHECKING:  # the plugin imports this module in every pytest run: nothing heavy here
+    from distill_eval.config import ProjectConfig
+    from distill_eval.results import CheckResult
+    from distill_eval.session import DistillSession
+
+SESSION_KEY: pytest.StashKey[DistillSession] = pytest.StashKey()
+PROJECT_KEY: pytest.StashKey[ProjectConfig] = pytest.StashKey()
 
 
 class CheckFailed(Exception):
@@ -81,10 +83,15 @@ class CheckItem(pytest.Item):
             warnings.warn(DistillWarning(f"{self.check.id}: {self.result.message}"), stacklevel=1)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        # The paragraph starts with the suite file, as a collection error does, so it stands on its own.
+        file = self.nodeid.split("::", 1)[0]
         if isinstance(excinfo.value, CheckFailed):
-            return f"{self.check.kind} check '{self.check.id}' of suite '{self.suite.name}' failed: {excinfo.value}"
+            return (
+                f"{file}: {self.check.kind} check '{self.check.id}' of suite '{self.suite.name}' failed: "
+                f"{excinfo.value}"
+            )
         if isinstance(excinfo.value, DistillError):
-            return f"{self.check.kind} check '{self.check.id}' could not be computed: {excinfo.value}"
+            return f"{file}: {self.check.kind} check '{self.check.id}' could not be computed: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:

@@ -8,7 +8,11 @@ unless the model's table says ``trusted = true``.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import io
+import json
 import sys
 import warnings
 import zipfile
@@ -60,7 +64,12 @@ class Model:
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when available, else ``"cpu"``; others pass through."""
+    """``"auto"`` becomes ``"cuda"`` when available, else ``"cpu"``; others pass through.
+
+    A torch built without CUDA or ROCm never has CUDA available, so while torch is
+    not imported yet, ``"auto"`` resolves to ``"cpu"`` for such a build without
+    importing it (1-2 s that a run served from the output cache need not pay).
+    """
     if device != "auto":
         if device.startswith("cuda"):
             import torch
@@ -68,17 +77,55 @@ def resolve_device(device: str) -> str:
             if not torch.cuda.is_available():
                 raise ModelError(f"device {device!r} was asked for, but CUDA is not available to torch")
         return device
+    if "torch" not in sys.modules:
+        build = _torch_build()
+        if build is not None and build.get("cuda") is None and build.get("hip") is None:
+            return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def model_fingerprint(spec: ModelSpec) -> str | None:
+def torch_version() -> str:
+    """``str(torch.__version__)``, read from torch's ``version.py`` while torch is not imported yet."""
+    if "torch" not in sys.modules:
+        build = _torch_build()
+        if build is not None and isinstance(build.get("__version__"), str):
+            return build["__version__"]
+    import torch
+
+    return str(torch.__version__)
+
+
+def _torch_build() -> dict[str, Any] | None:
+    """The constants of ``torch/version.py`` (``__version__``, ``cuda``, ``hip``, ...), without importing torch.
+
+    torch's ``__version__`` and ``torch.version.cuda``/``hip`` are these values. The
+    file is parsed, never executed; None when it cannot be found or read.
+    """
+    try:
+        spec = importlib.util.find_spec("torch")  # a top-level name: finds, does not import
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        tree = ast.parse(Path(folders[0], "version.py").read_text())
+    except (ImportError, IndexError, OSError, SyntaxError, ValueError):
+        return None
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
+            out[target.id] = node.value.value
+    return out
+
+
+def model_fingerprint(spec: ModelSpec, *, sha256: Callable[[Path], str] = sha256_file) -> str | None:
     """A sha256 of everything that determines the model's outputs, or None.
 
     Computed from the model's files without loading them, so a warm cache never
     loads a model. None when the model has no files (a factory without
     weights, or a hook): the caller must load it and hash its parameters.
+    ``sha256`` hashes one file (a session passes one that remembers each file's hash).
     """
     files = [p for p in (spec.path, spec.weights) if p is not None]
     if not files:
@@ -88,7 +135,7 @@ def model_fingerprint(spec: ModelSpec) -> str | None:
             raise ModelError(f"model '{spec.name}': {'weights ' if key == 'weights' else ''}file not found: {p}")
     return sha256_json(
         {
-            "files": [sha256_file(p) for p in files],
+            "files": [sha256(Path(p)) for p in files],
             "factory": spec.factory,
             "kwargs": dict(spec.kwargs),
         }
@@ -232,11 +279,119 @@ def _sklearn_model(name: str, est: Any, *, format: str) -> Model:
 def _load_export(spec: ModelSpec, path: Path, device: str) -> Model:
     import torch
 
+    if not spec.trusted:
+        _refuse_export_that_runs_code(spec, path)
     try:
         program = torch.export.load(str(path))
     except Exception as e:
         raise ModelError(f"model '{spec.name}': {path} is not a loadable torch.export program: {e}") from e
     return _torch_model(spec.name, program.module(), device=device, format="torch.export", exported=True)
+
+
+# Where torch.export.load (torch/export/__init__.py, torch/export/pt2_archive/_package.py,
+# torch/_export/serde/serialize.py) runs code from a .pt2 archive. Member names are relative to
+# the archive's root folder, as torch's zip reader gives them, and matched without ASCII case,
+# as its lookups are.
+_EXPORT_WEIGHTS_DIR = "data/weights/"  # <model>_weights_config.json, legacy <model>.pt
+_EXPORT_CONSTANTS_DIR = "data/constants/"  # <model>_constants_config.json, legacy <model>.pt
+_EXPORT_TENSOR_CONSTANT = "tensor_"  # other constants (custom_obj_*, opaque_obj_*) are unpickled
+_EXPORT_SAMPLE_INPUTS_DIR = "data/sample_inputs/"
+_EXPORT_AOTI_DIR = "data/aotinductor/"
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _refuse_export_that_runs_code(spec: ModelSpec, path: Path) -> None:
+    """Refuse a ``.pt2`` archive that ``torch.export.load`` would run code from.
+
+    Reads the archive without running anything in it, through torch's own zip
+    reader, so every name resolves to the bytes torch would read. ``torch.export.load``
+    unpickles with ``weights_only=False``: weights and constants that a payload
+    config (``data/weights/<m>_weights_config.json``, ``data/constants/<m>_constants_config.json``)
+    marks ``use_pickle``; constants stored as objects (``custom_obj_*``, and
+    ``opaque_obj_*`` through plain ``pickle.loads``); the sample inputs
+    (``data/sample_inputs/<m>.pt``) and legacy ``data/weights/<m>.pt`` /
+    ``data/constants/<m>.pt`` whenever ``weights_only=True`` fails on them; and
+    archives of the older format (top-level ``version``). It also loads compiled
+    AOTInductor libraries under ``data/aotinductor/``. Two members whose names
+    differ only in case would make which one torch reads the zip reader's choice,
+    so they are refused too. ``torch.export.save`` of a plain ``nn.Module`` writes
+    none of these: its tensors are raw bytes and its sample inputs load weights-only.
+    """
+    risk = _export_code_risk(spec, path)
+    if risk is not None:
+        raise ModelError(
+            f"model '{spec.name}': {path} {risk}; set 'trusted = true' in "
+            f"[tool.distill_eval.models.{spec.name}] if you trust it"
+        )
+
+
+def _export_code_risk(spec: ModelSpec, path: Path) -> str | None:
+    """Why loading the ``.pt2`` archive at ``path`` would run code from it, or None."""
+    import torch
+
+    pickle_runs = "and loading a pickle runs code from the file"
+    try:
+        with zipfile.ZipFile(path) as z:
+            top = [n for n in z.namelist() if "/" not in n]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        top = []  # then torch's fallback to the older format cannot open it either
+    if top:
+        return (
+            f"is a torch.export archive in the older format (it has a top-level member {top[0]!r}), "
+            f"which torch reads with pickle, {pickle_runs}"
+        )
+    try:
+        reader = torch._C.PyTorchFileReader(str(path))
+        records = list(reader.get_all_records())
+    except (RuntimeError, UnicodeDecodeError) as e:
+        raise ModelError(f"model '{spec.name}': {path} is not a loadable torch.export program: {_first_line(e)}") from e
+    seen: dict[str, str] = {}
+    for name in records:
+        key = name.translate(_ASCII_LOWER)
+        if key in seen:
+            return (
+                f"is a torch.export archive with two members named {seen[key]!r} and {name!r}: which one "
+                "torch reads is up to its zip reader, so the archive cannot be checked for pickles"
+            )
+        seen[key] = name
+    for name in records:
+        key = name.translate(_ASCII_LOWER)
+        if key.startswith(_EXPORT_AOTI_DIR):
+            return (
+                f"is a torch.export archive with AOTInductor compiled code ({name}), and loading it runs "
+                "native code from the file"
+            )
+        if key.endswith(".json") and key.startswith((_EXPORT_WEIGHTS_DIR, _EXPORT_CONSTANTS_DIR)):
+            try:
+                entries = json.loads(reader.get_record(name))["config"]
+                items = [(str(fqn), dict(entry)) for fqn, entry in entries.items()]
+            except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+                raise ModelError(
+                    f"model '{spec.name}': {path} is not a loadable torch.export program: {name} is not "
+                    f"a payload config ({_first_line(e)})"
+                ) from e
+            for fqn, entry in items:
+                if entry.get("use_pickle", False) is not False:
+                    return f"is a torch.export archive whose {name} marks {fqn!r} use_pickle, {pickle_runs}"
+                path_name = entry.get("path_name")
+                if key.startswith(_EXPORT_CONSTANTS_DIR) and not (
+                    isinstance(path_name, str) and path_name.startswith(_EXPORT_TENSOR_CONSTANT)
+                ):
+                    return (
+                        f"is a torch.export archive that stores constant {fqn!r} as a pickled object "
+                        f"({path_name}), {pickle_runs}"
+                    )
+        if key.endswith(".pt") or key.startswith(_EXPORT_SAMPLE_INPUTS_DIR):
+            try:
+                data = reader.get_record(name)
+                if data:  # torch reads an empty member as nothing
+                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 — whatever fails, torch retries with weights_only=False
+                return (
+                    f"is a torch.export archive whose {name} does not load with weights_only=True "
+                    f"({type(e).__name__}), so torch would unpickle it in full, {pickle_runs}"
+                )
+    return None
 
 
 def _load_torch_file(spec: ModelSpec, path: Path, device: str) -> Model:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import importlib.util
+import sys
+import unicodedata  # noqa: F401  (loaded before the fuzz: see IMPORTED_LIBRARIES)
 from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from distill_eval.errors import ConfigError, ExpressionError
@@ -586,6 +589,10 @@ def test_deep_nesting_is_an_expression_error() -> None:
 # -- fuzzing -------------------------------------------------------------------
 
 SENTINEL_CALLS: list[object] = []
+#: modules that may be imported again, already loaded, while an expression is parsed or evaluated:
+#: numpy's own (``str(dtype)`` imports one, from C) and unicodedata (Python's parser normalises
+#: non-ASCII names with it); anything else is refused
+IMPORTED_LIBRARIES = ("numpy", "unicodedata")
 
 
 def _sentinel(*args: object, **kwargs: object) -> None:
@@ -594,24 +601,39 @@ def _sentinel(*args: object, **kwargs: object) -> None:
 
 @contextlib.contextmanager
 def no_code_execution() -> Iterator[None]:
-    """Make eval/exec fail and compile refuse anything but an ast."""
-    real_compile = builtins.compile
+    """Make eval/exec/open fail, compile refuse anything but an ast, and __import__ refuse user input.
+
+    Inside, parsing and evaluating may only walk the tree: nothing may be compiled
+    to code, run, imported or opened, whatever the expression says. The only imports
+    allowed are the libraries' own of modules already loaded (``IMPORTED_LIBRARIES``).
+    """
+    real_compile, real_import = builtins.compile, builtins.__import__
+
+    def library_import(name, globals=None, locals=None, fromlist=(), level=0):  # type: ignore[no-untyped-def]
+        package = (globals or {}).get("__package__") or ""
+        absolute = importlib.util.resolve_name("." * level + name, package) if level else name
+        if absolute.split(".")[0] not in IMPORTED_LIBRARIES or absolute not in sys.modules:
+            raise AssertionError(f"user input reached __import__ ({absolute!r})")
+        return real_import(name, globals, locals, fromlist, level)
 
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("user input reached eval/exec")
+        raise AssertionError("user input reached eval/exec/__import__/open")
 
     def ast_only(source, filename, mode, flags=0, *args, **kwargs):  # type: ignore[no-untyped-def]
         if not flags & ast.PyCF_ONLY_AST:
             raise AssertionError("user input was compiled to code")
         return real_compile(source, filename, mode, flags, *args, **kwargs)
 
-    saved = builtins.eval, builtins.exec, builtins.compile
-    builtins.eval, builtins.exec, builtins.compile = refuse, refuse, ast_only  # type: ignore[assignment]
+    names = ("eval", "exec", "compile", "__import__", "open")
+    saved = {name: getattr(builtins, name) for name in names}
+    for name in names:
+        setattr(builtins, name, {"compile": ast_only, "__import__": library_import}.get(name, refuse))
     builtins.distill_sentinel = _sentinel  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        builtins.eval, builtins.exec, builtins.compile = saved
+        for name, value in saved.items():
+            setattr(builtins, name, value)
         del builtins.distill_sentinel  # type: ignore[attr-defined]
 
 
@@ -685,6 +707,75 @@ def test_fuzz_token_soup_only_raises_expression_error(source: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=40))
 def test_fuzz_random_text_only_raises_expression_error(source: str) -> None:
+    check_only_expression_errors(source)
+
+
+# Random Python expression trees, far beyond the language: calls, attributes, subscripts,
+# lambdas, comprehensions, walrus, f-strings, every operator. Each is unparsed to source
+# and must still only ever meet the tree-walking evaluator.
+_AST_NAMES = [*sorted(FIELDS), "meta", "quantile", "__import__", "eval", "exec", "open", "compile",
+              "getattr", "distill_sentinel", "__builtins__", "__class__", "np", "os", "x"]  # fmt: skip
+_AST_ATTRS = ["region", "age", "nope", "__class__", "__globals__", "__subclasses__", "system", "upper", "T"]
+_NO_ARGS = ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[])
+
+ast_leaves = st.one_of(
+    st.sampled_from(_AST_NAMES).map(lambda name: ast.Name(name, ast.Load())),
+    st.one_of(
+        st.integers(-3, 10**20),
+        st.floats(allow_nan=False, width=32),
+        st.text(max_size=6),
+        st.booleans(),
+        st.none(),
+        st.just(...),
+        st.binary(max_size=3),
+        st.complex_numbers(max_magnitude=2, allow_nan=False),
+    ).map(ast.Constant),
+)
+
+
+def _ast_nodes(children: st.SearchStrategy[ast.expr]) -> st.SearchStrategy[ast.expr]:
+    ops = st.sampled_from([ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.BitAnd, ast.BitOr,
+                           ast.BitXor, ast.LShift, ast.MatMult, ast.FloorDiv])  # fmt: skip
+    compare = st.sampled_from([ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is])
+    store = ast.Name("v", ast.Store())
+    return st.one_of(
+        st.tuples(children, st.sampled_from(_AST_ATTRS)).map(lambda t: ast.Attribute(t[0], t[1], ast.Load())),
+        st.tuples(children, st.lists(children, max_size=2)).map(lambda t: ast.Call(t[0], t[1], [])),
+        st.tuples(children, children).map(lambda t: ast.Subscript(t[0], t[1], ast.Load())),
+        st.tuples(children, ops, children).map(lambda t: ast.BinOp(t[0], t[1](), t[2])),
+        st.tuples(st.sampled_from([ast.Not, ast.USub, ast.UAdd, ast.Invert]), children).map(
+            lambda t: ast.UnaryOp(t[0](), t[1])
+        ),
+        st.tuples(st.sampled_from([ast.And, ast.Or]), st.lists(children, min_size=2, max_size=3)).map(
+            lambda t: ast.BoolOp(t[0](), t[1])
+        ),
+        st.tuples(children, st.lists(st.tuples(compare, children), min_size=1, max_size=3)).map(
+            lambda t: ast.Compare(t[0], [op() for op, _ in t[1]], [c for _, c in t[1]])
+        ),
+        st.lists(children, max_size=3).map(lambda items: ast.List(items, ast.Load())),
+        st.lists(children, max_size=3).map(lambda items: ast.Tuple(items, ast.Load())),
+        st.lists(children, min_size=1, max_size=3).map(ast.Set),
+        st.lists(st.tuples(children, children), max_size=2).map(
+            lambda kv: ast.Dict([k for k, _ in kv], [v for _, v in kv])
+        ),
+        st.tuples(children, children, children).map(lambda t: ast.IfExp(t[0], t[1], t[2])),
+        children.map(lambda body: ast.Lambda(_NO_ARGS, body)),
+        st.tuples(children, children).map(lambda t: ast.ListComp(t[0], [ast.comprehension(store, t[1], [], 0)])),
+        children.map(lambda value: ast.NamedExpr(store, value)),
+        children.map(lambda value: ast.JoinedStr([ast.FormattedValue(value, -1, None)])),
+    )
+
+
+random_trees = st.recursive(ast_leaves, _ast_nodes, max_leaves=8)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_trees)
+def test_fuzz_random_syntax_trees_only_raise_expression_error(tree: ast.expr) -> None:
+    try:
+        source = ast.unparse(ast.fix_missing_locations(ast.Expression(tree)))
+    except ValueError:  # e.g. a backslash inside an f-string's braces: no source text spells this tree
+        reject()
     check_only_expression_errors(source)
 
 

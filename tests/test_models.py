@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
+import pickle
+import re
 import shutil
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -134,6 +141,169 @@ def test_corrupt_export_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pt2").write_bytes(b"definitely not a zip archive")
     with pytest.raises(ModelError, match=r"model 'student'.*not a loadable torch.export program"):
         load_model(_spec(path=tmp_path / "bad.pt2"))
+
+
+# -- torch.export archives that would run code ----------------------------------------
+# torch.export.load unpickles parts of a .pt2 archive with weights_only=False; each planter below
+# rewrites an ordinary archive into one that does (see models._refuse_export_that_runs_code).
+
+
+def _touch_then(marker: str, value: Any) -> Any:
+    """What the payloads run when unpickled: create ``marker`` (proof that code ran), then give back ``value``."""
+    Path(marker).touch()
+    return value
+
+
+class _Payload:
+    """Pickles as a call to :func:`_touch_then`, so a file holding it still loads when trusted."""
+
+    def __init__(self, marker: Path, value: Any) -> None:
+        self.marker, self.value = marker, value
+
+    def __reduce__(self) -> tuple[Any, tuple[str, Any]]:
+        return _touch_then, (str(self.marker), self.value)
+
+
+def _saved(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+Members = dict[str, bytes]  # an archive's members, "<root>/data/..." -> bytes, in order
+
+
+def _pickled_weight(members: Members, root: str, marker: Path, module: torch.nn.Module) -> Members:
+    config = f"{root}/data/weights/model_weights_config.json"
+    weights = json.loads(members[config])
+    fqn, entry = next(iter(weights["config"].items()))
+    entry["use_pickle"] = True
+    payload = _Payload(marker, torch.nn.Parameter(module.state_dict()[fqn].clone(), requires_grad=False))
+    return {
+        **members,
+        config: json.dumps(weights).encode(),
+        f"{root}/data/weights/{entry['path_name']}": _saved(payload),
+    }
+
+
+def _pickled_sample_inputs(members: Members, root: str, marker: Path, module: torch.nn.Module) -> Members:
+    return {**members, f"{root}/data/sample_inputs/model.pt": _saved(((_Payload(marker, torch.zeros(4, 64)),), {}))}
+
+
+def _older_format(members: Members, root: str, marker: Path, module: torch.nn.Module) -> Members:
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    state = dict(module.named_parameters())
+    first = next(iter(state))
+    state[first] = _Payload(marker, torch.nn.Parameter(state[first].detach().clone(), requires_grad=False))
+    return {
+        "version": ".".join(map(str, SCHEMA_VERSION)).encode(),
+        "serialized_exported_program.json": members[f"{root}/models/model.json"],
+        "serialized_state_dict.pt": _saved(state),
+        "serialized_constants.pt": _saved({}),
+        "serialized_example_inputs.pt": members[f"{root}/data/sample_inputs/model.pt"],
+    }
+
+
+def _pickled_constant(members: Members, root: str, marker: Path, module: torch.nn.Module) -> Members:
+    config = f"{root}/data/constants/model_constants_config.json"
+    constants = json.loads(members[config])
+    meta = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": None}
+    constants["config"]["extra"] = meta  # use_pickle false: opaque objects are unpickled regardless
+    payload = pickle.dumps(_Payload(marker, None))
+    return {**members, config: json.dumps(constants).encode(), f"{root}/data/constants/opaque_obj_0": payload}
+
+
+def _case_twin(members: Members, root: str, marker: Path, module: torch.nn.Module) -> Members:
+    # Lookups ignore case, so which of the two configs torch reads is up to its zip reader.
+    twin = json.loads(members[f"{root}/data/weights/model_weights_config.json"])
+    for entry in twin["config"].values():
+        entry["use_pickle"] = True
+    return {f"{root}/data/weights/Model_weights_config.json": json.dumps(twin).encode(), **members}
+
+
+def _aoti_library(members: Members, root: str, marker: Path, module: torch.nn.Module) -> Members:
+    return {**members, f"{root}/data/aotinductor/model/model.so": b"\x7fELF"}
+
+
+@pytest.mark.parametrize(
+    ("plant", "why"),
+    [
+        (_pickled_weight, r"whose data/weights/model_weights_config.json marks '.*' use_pickle, and loading a pickle"),
+        (_pickled_sample_inputs, r"whose data/sample_inputs/model.pt does not load with weights_only=True"),
+        (_older_format, r"in the older format \(it has a top-level member 'version'\), which torch reads with pickle"),
+        (_pickled_constant, r"stores constant 'extra' as a pickled object \(opaque_obj_0\), and loading a pickle"),
+        (_case_twin, r"two members named '.*' and '.*': which one torch reads is up to its zip reader"),
+        (_aoti_library, r"AOTInductor compiled code \(data/aotinductor/model/model.so\), and loading it runs native"),
+    ],
+)
+def test_export_that_would_run_code_is_refused_unless_trusted(
+    tmp_path: Path, saved_models, plant: Callable[..., Members], why: str
+) -> None:
+    marker = tmp_path / "payload-ran"
+    with zipfile.ZipFile(saved_models.exported) as good:
+        members = {name: good.read(name) for name in good.namelist()}
+    root = next(iter(members)).split("/")[0]
+    path = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(path, "w") as evil:
+        for name, data in plant(members, root, marker, saved_models.module).items():
+            evil.writestr(name, data)
+    expected = (
+        rf"model 'student': {re.escape(str(path))} is a torch.export archive .*{why}.*; "
+        r"set 'trusted = true' in \[tool.distill_eval.models.student\] if you trust it"
+    )
+    with pytest.raises(ModelError, match=expected):
+        load_model(_spec(path=path))
+    assert not marker.exists(), "the archive was checked by running it"
+
+
+@pytest.mark.parametrize("plant", [_pickled_weight, _pickled_sample_inputs, _older_format])
+def test_trusted_export_runs_its_pickles(tmp_path: Path, saved_models, plant: Callable[..., Members]) -> None:
+    marker = tmp_path / "payload-ran"
+    with zipfile.ZipFile(saved_models.exported) as good:
+        members = {name: good.read(name) for name in good.namelist()}
+    path = tmp_path / "pickles.pt2"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in plant(members, next(iter(members)).split("/")[0], marker, saved_models.module).items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelError, match=r"set 'trusted = true'"):
+        load_model(_spec(path=path))
+    assert not marker.exists()
+
+    model = load_model(_spec(path=path, trusted=True))
+    assert marker.exists(), "a trusted archive is loaded as torch.export.load reads it, pickles and all"
+    np.testing.assert_allclose(model.predict_logits(saved_models.x), saved_models.reference(), **TOL)
+
+
+class _ConvNet(torch.nn.Module):
+    """Convolution, batch norm, a registered buffer and a tensor constant: what an export may hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 3)
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.norm(self.conv(x.reshape(-1, 1, 8, 8)))).mean((2, 3))
+        return self.head(features) * self.scale + torch.tensor([1.0, 0.0, -1.0])
+
+
+def test_ordinary_exports_load_without_trusted(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _ConvNet().eval()
+    with torch.no_grad():
+        module.norm.running_mean.uniform_(-1, 1)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(module, (torch.zeros(4, 64),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "conv.pt2"))
+    with zipfile.ZipFile(tmp_path / "conv.pt2") as archive:
+        assert any("/data/constants/tensor_" in name for name in archive.namelist())  # the constant is there
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    model = load_model(_spec(path=tmp_path / "conv.pt2"))
+    with torch.no_grad():
+        np.testing.assert_allclose(model.predict_logits(x), module(torch.from_numpy(x)).numpy(), **TOL)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is not None, reason="onnxruntime is installed")

@@ -16,9 +16,9 @@ statistic in one pass over the examples (:func:`bootstrap_sums`), without ever h
   sums of all columns over a run are one small matrix product;
 - the point estimate and the jackknife (for BCa) are computed exactly from per-group totals.
 
-The cost of a pass is about ``n * resamples * (2 + 2 * columns / 20)`` nanoseconds on one
-core: the weights (16 random bits each, mapped to a Poisson count) and one float32 product
-per run of examples.
+A pass costs about 1.8 ns per example and resample to draw the weights (on one core; the
+draws run on other threads) plus well under a nanosecond per example, resample and column to
+sum them: 2-4 s for 10^6 examples x 1000 resamples on two cores.
 """
 
 from __future__ import annotations
