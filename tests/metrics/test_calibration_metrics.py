@@ -382,5 +382,5 @@ def test_equal_width_bins_on_many_values_match_the_edge_search() -> None:
         values = np.clip(np.concatenate([rng.random(20_000), near, [0.0, 1.0]]), 0.0, 1.0)
         expected = np.clip(np.searchsorted(edges, values, side="left") - 1, 0, bins - 1)
         np.testing.assert_array_equal(_assign(values, edges), expected)
-        block = values[: 20_000].reshape(200, 100)  # 2-D blocks too (classwise ECE)
-        np.testing.assert_array_equal(_assign(block, edges), expected[: 20_000].reshape(200, 100))
+        block = values[:20_000].reshape(200, 100)  # 2-D blocks too (classwise ECE)
+        np.testing.assert_array_equal(_assign(block, edges), expected[:20_000].reshape(200, 100))
