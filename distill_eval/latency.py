@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats as _stats
 
 from distill_eval.errors import ModelError
 
@@ -300,9 +299,11 @@ def quantile_ranks(n: int, q: float, *, confidence: float = 0.95) -> tuple[int |
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n < 1:
         return None, None
+    from scipy import stats  # only for a latency check: keep the plugin's import light
+
     alpha = 1 - confidence
-    low = int(_stats.binom.ppf(alpha / 2, n, q))
-    high = int(_stats.binom.ppf(1 - alpha / 2, n, q)) + 1
+    low = int(stats.binom.ppf(alpha / 2, n, q))
+    high = int(stats.binom.ppf(1 - alpha / 2, n, q)) + 1
     return (low if low >= 1 else None), (high if high <= n else None)
 
 

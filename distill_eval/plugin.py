@@ -4,25 +4,30 @@ Only hooks live here. State lives in one :class:`~distill_eval.session.DistillSe
 per run, stored in ``config.stash``; suite files become items in
 :mod:`distill_eval.collect`; reports are rendered by :mod:`distill_eval.report`.
 Without ``--distill`` none of these hooks changes anything.
+
+pytest imports this module in every run, through the ``pytest11`` entry point,
+so it imports only pytest and pure-Python parts of the package at module level;
+the session (numpy, torch, scipy, the check kinds), pytest-xdist support and the
+reports are imported once ``--distill`` is given.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from distill_eval import hookspec, xdist
-from distill_eval.baseline import Acceptance
+from distill_eval import hookspec
 from distill_eval.collect import PROJECT_KEY, SESSION_KEY, CheckItem, SuiteFile
-from distill_eval.config import load_project_config
 from distill_eval.errors import DistillError
-from distill_eval.session import DistillSession
 from distill_eval.suite import GATES
 
-ACCEPTANCE_KEY = pytest.StashKey[Acceptance]()
+if TYPE_CHECKING:
+    from distill_eval.baseline import Acceptance
+
+ACCEPTANCE_KEY: pytest.StashKey[Acceptance] = pytest.StashKey()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -128,6 +133,10 @@ def _project_root(config: pytest.Config) -> Path:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("distill"):
         return
+    from distill_eval import xdist
+    from distill_eval.config import load_project_config
+    from distill_eval.session import DistillSession
+
     models = _pairs(config.getoption("distill_model"), "--distill-model")
     for role in ("student", "teacher"):
         path = config.getoption(f"distill_{role}")
@@ -204,10 +213,14 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if isinstance(item, CheckItem) and call.excinfo is not None and isinstance(call.excinfo.value, DistillError):
+    if not isinstance(item, CheckItem):
+        return report
+    if call.excinfo is not None and isinstance(call.excinfo.value, DistillError):
         # A user's mistake or unusable data reads as a sentence, not a traceback.
         report.longrepr = item.repr_failure(call.excinfo)
-    if isinstance(item, CheckItem) and xdist.is_worker(item.config):
+    from distill_eval import xdist
+
+    if xdist.is_worker(item.config):
         xdist.attach(report, item, item.result)
     return report
 
@@ -216,6 +229,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if SESSION_KEY not in config.stash:
         return
+    from distill_eval import xdist
+
     state = config.stash[SESSION_KEY]
     if xdist.is_worker(config):
         xdist.send_provenance(config, state)  # the controller writes the reports
@@ -257,3 +272,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     )
     if ACCEPTANCE_KEY in config.stash:
         terminalreporter.write_line(config.stash[ACCEPTANCE_KEY].describe(config.invocation_params.dir))
+    if state.cache.enabled and config.get_verbosity() >= 0:
+        from distill_eval.outputs import format_size
+
+        entries, size = state.cache.usage()
+        cache = state.cache.folder
+        if cache.is_relative_to(config.invocation_params.dir):
+            cache = cache.relative_to(config.invocation_params.dir)
+        held = f"{entries} {'entry' if entries == 1 else 'entries'}, {format_size(size)}"
+        terminalreporter.write_line(f"output cache: {held} in {cache}/ (distill-eval cache lists them)")
+

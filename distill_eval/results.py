@@ -78,10 +78,13 @@ PACKAGES = ("distill-eval", "torch", "numpy", "scipy", "scikit-learn", "jinja2",
 def environment() -> dict[str, Any]:
     """Versions and machine facts that explain a run's numbers."""
     import numpy
-    import torch
 
     from distill_eval import __version__
+    from distill_eval.models import torch_version
 
+    # A warm run (every output from the cache) never needs torch: its thread count and CUDA
+    # are recorded only when the run imported it (to load a model), not imported for this.
+    torch = sys.modules.get("torch")
     return {
         "distill_eval": __version__,
         "python": sys.version.split()[0],
@@ -89,9 +92,9 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or None,
         "cpu_count": os.cpu_count(),
-        "torch": str(torch.__version__),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "torch": torch_version(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "cuda": (torch.version.cuda if torch.cuda.is_available() else None) if torch is not None else None,
         "numpy": numpy.__version__,
     }
 

@@ -21,7 +21,15 @@ from distill_eval.checks.judge import judge
 from distill_eval.config import ProjectConfig
 from distill_eval.data import Dataset, load_dataset
 from distill_eval.errors import ConfigError, DataError, DistillError
-from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
+from distill_eval.models import (
+    Model,
+    load_model,
+    model_fingerprint,
+    parameter_fingerprint,
+    resolve_device,
+    torch_version,
+    wrap_model,
+)
 from distill_eval.outputs import ModelOutputs, OutputCache, compute_logits
 from distill_eval.results import CheckResult
 from distill_eval.suite import CheckSpec, SuiteSpec
@@ -47,8 +55,6 @@ def output_cache_key(fingerprint: str, data: Dataset, *, device: str, batch_size
     batch_size : int
         The inference batch size (batching can change the last bits of the logits).
     """
-    import torch
-
     return sha256_json(
         {
             "model": fingerprint,
@@ -56,7 +62,7 @@ def output_cache_key(fingerprint: str, data: Dataset, *, device: str, batch_size
             "n": data.n,
             "device": device.split(":")[0],
             "batch_size": batch_size,
-            "torch": str(torch.__version__),
+            "torch": torch_version(),  # read without importing torch, so a warm run need not
         }
     )
 
@@ -116,6 +122,7 @@ class DistillSession:
         self._datasets: dict[str, Dataset] = {}
         self._models: dict[str, Model] = {}
         self._fingerprints: dict[str, str | None] = {}
+        self._file_sha256: dict[Path, str] = {}  # model files, hashed once per session
         self._outputs: dict[tuple[str, str], ModelOutputs] = {}
         self._cached_facts: dict[str, dict[str, Any]] = {}  # params/format of models served from cache
         self.results: list[CheckResult] = []
@@ -172,7 +179,7 @@ class DistillSession:
         """What identifies model ``name``'s outputs: its files, or its parameters once loaded."""
         if name not in self._fingerprints:
             spec = self.project.models[name]
-            fp = model_fingerprint(spec)
+            fp = model_fingerprint(spec, sha256=self._sha256)
             if fp is None:
                 fp = parameter_fingerprint(self.model(name), spec)
             self._fingerprints[name] = fp
@@ -280,6 +287,13 @@ class DistillSession:
         roles.update(dict(kind.extra_models(check.params)))
         return roles
 
+    def _sha256(self, path: str | Path) -> str:
+        """A model file's sha256, computed once per session (for its cache key and its provenance)."""
+        key = Path(path).resolve()
+        if key not in self._file_sha256:
+            self._file_sha256[key] = sha256_file(key)
+        return self._file_sha256[key]
+
     # -- provenance ----------------------------------------------------------
 
     def model_provenance(self) -> dict[str, dict[str, Any]]:
@@ -295,7 +309,7 @@ class DistillSession:
             }
             files = [p for p in (spec.path, spec.weights) if p is not None]
             if files:
-                info["sha256"] = sha256_file(files[-1])
+                info["sha256"] = self._sha256(files[-1])
                 info["bytes"] = sum(os.path.getsize(p) for p in files)
             else:
                 info["sha256"] = None

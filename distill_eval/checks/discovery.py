@@ -93,11 +93,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as _stats
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
 from distill_eval import expr
@@ -494,6 +489,11 @@ def _fit_clusters(
     scale = fit.std(axis=0) if standardise else np.ones(fit.shape[1])
     scale[scale == 0] = 1.0
     fit = (fit - centre) / scale
+    # scikit-learn loads only when a suite asks for discovery (the plugin imports every kind)
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.exceptions import ConvergenceWarning
+
     pca = None
     if fit.shape[1] > _MAX_DIMS:
         pca = PCA(n_components=min(_PCA_DIMS, len(rows)), svd_solver="randomized", random_state=seed).fit(fit)
@@ -519,6 +519,10 @@ def _fit_clusters(
 
 def _best_k(fit: np.ndarray, k_max: int, rng: np.random.Generator, seed: int) -> int:
     """The k in 2..k_max whose k-means clustering of a sample has the best silhouette."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import silhouette_score
+
     sample = fit if len(fit) <= _SILHOUETTE_ROWS else fit[rng.choice(len(fit), size=_SILHOUETTE_ROWS, replace=False)]
     best, best_score = k_max, -np.inf
     for k in range(2, k_max + 1):
@@ -594,7 +598,9 @@ def _welch(inside: np.ndarray, outside: np.ndarray) -> tuple[float, float]:
         return effect, 0.0 if effect > 0 else 1.0
     # The same test as scipy.stats.ttest_ind(inside, outside, equal_var=False, alternative="greater"),
     # from moments computed here: ttest_ind warns when a group is constant, which d often is.
-    result = _stats.ttest_ind_from_stats(
+    from scipy import stats
+
+    result = stats.ttest_ind_from_stats(
         mean_in, std_in, n_in, mean_out, std_out, n_out, equal_var=False, alternative="greater"
     )
     return effect, float(result.pvalue)

@@ -35,8 +35,8 @@ Interval = tuple[float, float]
 __all__ = ["AFFORDABLE", "Intervals"]
 
 #: element operations (examples x resamples x work per example) a metric that is not
-#: bounded may cost; about a second on one core
-AFFORDABLE = 2 * 10**8
+#: bounded may cost; a quarter of a second or so on one core
+AFFORDABLE = 5 * 10**7
 
 
 class Intervals:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special as _special
-from scipy import stats as _stats
 
 __all__ = [
     "BootstrapInterval",
@@ -60,7 +59,7 @@ def wilson_interval(successes: float, n: float, *, confidence: float = 0.95) -> 
     _check(successes, n, confidence)
     if n == 0:
         return 0.0, 1.0
-    z = _stats.norm.ppf(0.5 + confidence / 2)
+    z = _special.ndtri(0.5 + confidence / 2)
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -80,8 +79,8 @@ def clopper_pearson_interval(successes: float, n: float, *, confidence: float = 
     if n == 0:
         return 0.0, 1.0
     alpha = 1 - confidence
-    lo = 0.0 if successes == 0 else float(_stats.beta.ppf(alpha / 2, successes, n - successes + 1))
-    hi = 1.0 if successes == n else float(_stats.beta.ppf(1 - alpha / 2, successes + 1, n - successes))
+    lo = 0.0 if successes == 0 else float(_special.betaincinv(successes, n - successes + 1, alpha / 2))
+    hi = 1.0 if successes == n else float(_special.betaincinv(successes + 1, n - successes, 1 - alpha / 2))
     return lo, hi
 
 
