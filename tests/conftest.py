@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ class SavedModels:
         """The original module called directly on all rows at once."""
         with torch.no_grad():
             return self.module(torch.from_numpy(self.x if x is None else x)).numpy()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: kind to a shared machine, and the same float order in every run of a test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import digits
 import numpy as np
 import pytest
 import torch
@@ -16,39 +16,23 @@ import torch
 from distill_eval.cli import _parse_size, main
 from distill_eval.data import load_builtin
 from distill_eval.outputs import CACHE_FORMAT, OutputCache, format_size
-from distill_eval.train import zoo
 
-WEIGHTS = Path(zoo.__file__).with_name("weights")
+WEIGHTS = digits.WEIGHTS
 N = 120
 
-PYPROJECT = f"""
-[tool.distill_eval]
-device = "cpu"
-batch_size = 32
-
-[tool.distill_eval.models.teacher]
-factory = "distill_eval.train.zoo:digits_teacher"
-weights = "{WEIGHTS / "digits_teacher.pt"}"
-
-[tool.distill_eval.models.student]
-factory = "distill_eval.train.zoo:digits_student"
-weights = "student.pt"
-
+PYPROJECT = (
+    digits.pyproject(batch_size=32, student_weights="student.pt")
+    + """
 # no files: its outputs are keyed by its parameters, which `distill-eval cache` never loads
 [tool.distill_eval.models.fresh]
 factory = "distill_eval.train.zoo:digits_student"
-
-[tool.distill_eval.datasets.test]
-path = "test.npz"
 """
+)
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs torch on one thread."""
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import digits
 import numpy as np
 import pytest
 
@@ -17,27 +18,11 @@ from distill_eval._io import LockTimeout, file_lock
 from distill_eval.cli import main
 from distill_eval.data import load_builtin
 from distill_eval.outputs import OutputCache
-from distill_eval.train import zoo
 
-WEIGHTS = Path(zoo.__file__).with_name("weights")
+WEIGHTS = digits.WEIGHTS
 N = 540
 
-PYPROJECT = f"""
-[tool.distill_eval]
-device = "cpu"
-batch_size = 64
-
-[tool.distill_eval.models.teacher]
-factory = "distill_eval.train.zoo:digits_teacher"
-weights = "{WEIGHTS / "digits_teacher.pt"}"
-
-[tool.distill_eval.models.student]
-factory = "distill_eval.train.zoo:digits_student"
-weights = "{WEIGHTS / "digits_student.pt"}"
-
-[tool.distill_eval.datasets.test]
-path = "test.npz"
-"""
+PYPROJECT = digits.pyproject(batch_size=64)
 
 SUITE = """
 [suite]

@@ -6,6 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
+import digits
 import numpy as np
 import pytest
 import torch
@@ -14,23 +15,9 @@ from scipy.stats import binomtest
 from distill_eval.data import load_builtin
 from distill_eval.train import zoo
 
-WEIGHTS = Path(zoo.__file__).with_name("weights")
+WEIGHTS = digits.WEIGHTS
 
-PYPROJECT = f"""
-[tool.distill_eval]
-device = "cpu"
-
-[tool.distill_eval.models.teacher]
-factory = "distill_eval.train.zoo:digits_teacher"
-weights = "{WEIGHTS / "digits_teacher.pt"}"
-
-[tool.distill_eval.models.student]
-factory = "distill_eval.train.zoo:digits_student"
-weights = "{WEIGHTS / "digits_student.pt"}"
-
-[tool.distill_eval.datasets.test]
-source = "sklearn:digits"
-"""
+PYPROJECT = digits.pyproject(dataset='source = "sklearn:digits"')
 
 GATE = """
 [suite]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
+import digits
 import numpy as np
 import pytest
-import torch
 from launch import torchrun
 
 from distill_eval.cli import main
@@ -16,35 +15,16 @@ from distill_eval.config import load_project_config
 from distill_eval.data import load_builtin
 from distill_eval.errors import ConfigError
 from distill_eval.predict import predict
-from distill_eval.train import zoo
 
-WEIGHTS = Path(zoo.__file__).with_name("weights")
+WEIGHTS = digits.WEIGHTS
 N = 301  # odd, and 10 batches of 32: the two ranks get 5 and 4 batches (160 and 141 rows)
 
-PYPROJECT = f"""
-[tool.distill_eval]
-device = "cpu"
-batch_size = 32
-
-[tool.distill_eval.models.teacher]
-factory = "distill_eval.train.zoo:digits_teacher"
-weights = "{WEIGHTS / "digits_teacher.pt"}"
-
-[tool.distill_eval.models.student]
-factory = "distill_eval.train.zoo:digits_student"
-weights = "{WEIGHTS / "digits_student.pt"}"
-
-[tool.distill_eval.datasets.test]
-path = "test.npz"
-"""
+PYPROJECT = digits.pyproject(batch_size=32)
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs torch on one thread."""
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,8 @@ def dropout_mlp(hidden=16):
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: kind to the machine, and the same float order in every run of a test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs torch on one thread."""
 
 
 def digits_teacher() -> nn.Module:
