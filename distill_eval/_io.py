@@ -48,6 +48,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX)
     try:
+        # mkstemp makes the file private (0600); give it the mode open() would, so reports and a
+        # shared cache stay readable as the umask allows
+        os.chmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, bytes):
                 f.write(write)
@@ -60,6 +63,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes)
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _file_mode() -> int:
+    """0666 less the process's umask: the mode ``open(path, "w")`` gives a new file."""
+    umask = os.umask(0o022)  # reading the umask means setting it; restored at once (at import)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -710,15 +710,14 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "report":
-        return _report(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "predict":
-        return _predict(args)
-    if args.command == "cache":
-        return _cache(args)
-    raise AssertionError(args.command)  # argparse rejects unknown commands
+    commands = {"report": _report, "train": _train, "predict": _predict, "cache": _cache}
+    try:
+        return commands[args.command](args)  # argparse rejects unknown commands
+    except BrokenPipeError:
+        # The reader went away (`distill-eval cache | head`): stop quietly, as Unix tools do,
+        # and keep Python from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,8 +40,8 @@ def _one_thread(one_thread: None) -> None:
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder (the working directory): a teacher, a student whose weights may change, 120 digits."""
-    digits = load_builtin("sklearn:digits", split="test")
-    np.savez(pytester.path / "test.npz", x=digits.x[:N], y=digits.y[:N])
+    data = load_builtin("sklearn:digits", split="test")
+    np.savez(pytester.path / "test.npz", x=data.x[:N], y=data.y[:N])
     shutil.copy(WEIGHTS / "digits_student.pt", pytester.path / "student.pt")
     (pytester.path / "pyproject.toml").write_text(PYPROJECT)
     (pytester.path / "suites").mkdir()
@@ -278,3 +280,15 @@ def test_help_documents_the_statuses(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "cache" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(project: Path) -> None:
+    """`distill-eval cache | head -1`: no traceback when the reader stops reading."""
+    cache = project / ".distill_cache" / "outputs" / "ab"
+    cache.mkdir(parents=True)
+    for i in range(2000):  # enough lines to fill the pipe
+        (cache / f"other-{i}.bin").write_bytes(b"x")
+    run = subprocess.run(
+        f"{sys.executable} -m distill_eval cache | head -1", shell=True, cwd=project, capture_output=True, text=True
+    )
+    assert run.stdout.startswith("cache ") and "Traceback" not in run.stderr, run.stderr

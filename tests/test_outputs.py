@@ -325,3 +325,11 @@ def test_a_factory_keyword_that_changes_outputs_changes_the_cache_key(tmp_path: 
     two = ModelSpec("m", factory="pkg:build", kwargs={"temperature": 2})
     assert parameter_fingerprint(model, one) != parameter_fingerprint(model, two)
     assert parameter_fingerprint(model, one) == parameter_fingerprint(wrap_model("m", module), one)
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    from distill_eval._io import atomic_write
+
+    atomic_write(tmp_path / "written.bin", b"data")
+    (tmp_path / "opened.bin").write_bytes(b"data")
+    assert (tmp_path / "written.bin").stat().st_mode & 0o777 == (tmp_path / "opened.bin").stat().st_mode & 0o777
