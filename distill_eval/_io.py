@@ -10,6 +10,7 @@ together; where locks are unsupported it degrades to no lock, never to an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -50,7 +51,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes)
     try:
         # mkstemp makes the file private (0600); give it the mode open() would, so reports and a
         # shared cache stay readable as the umask allows
-        os.chmod(fd, _FILE_MODE)
+        os.chmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, bytes):
                 f.write(write)
@@ -65,14 +66,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes)
     _fsync_folder(path.parent)
 
 
+@functools.cache
 def _file_mode() -> int:
     """0666 less the process's umask: the mode ``open(path, "w")`` gives a new file."""
-    umask = os.umask(0o022)  # reading the umask means setting it; restored at once (at import)
-    os.umask(umask)
+    try:  # Linux says it without changing it
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # elsewhere reading it means setting it: restored at once
+        os.umask(umask)
     return 0o666 & ~umask
-
-
-_FILE_MODE = _file_mode()
 
 
 def _fsync_folder(folder: Path) -> None:

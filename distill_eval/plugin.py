@@ -281,4 +281,3 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             cache = cache.relative_to(config.invocation_params.dir)
         held = f"{entries} {'entry' if entries == 1 else 'entries'}, {format_size(size)}"
         terminalreporter.write_line(f"output cache: {held} in {cache}/ (distill-eval cache lists them)")
-

@@ -35,3 +35,20 @@ weights = "{student_weights}"
 [tool.distill_eval.datasets.test]
 {dataset}
 """
+
+
+def train_config(rest: str) -> str:
+    """A ``distill-eval train`` config: digits data, the digits teacher, a small digits student, then ``rest``."""
+    return f"""
+[data]
+train = {{ source = "sklearn:digits", split = "train" }}
+val = {{ source = "sklearn:digits", split = "test" }}
+
+[teacher]
+factory = "distill_eval.train.zoo:digits_teacher"
+weights = "{WEIGHTS / "digits_teacher.pt"}"
+
+[student]
+factory = "distill_eval.train.zoo:digits_student"
+kwargs = {{ hidden = [8] }}
+{rest}"""

@@ -76,7 +76,6 @@ def _temperature(logits: np.ndarray, y: np.ndarray, *, then_ece: tuple[int, str]
 
 def _ece_at(logits: np.ndarray, y: np.ndarray, temperature: float, bins: int, binning: str) -> float:
     """Top-label ECE of ``softmax(logits / temperature)``, without a probability matrix."""
-
     confidence = top_probability(logits, temperature=temperature)
     hit = np.argmax(logits, axis=1) == y
     return M.reliability_bins(confidence, hit, bins=bins, binning=binning).ece

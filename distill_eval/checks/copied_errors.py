@@ -94,7 +94,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         # The chance rate reads the student's confusion over every example, the teacher's errors
         # included, so resampling those examples biases it upward; BCa then collapses to one end.
         intervals.add("chance_copy_rate", chance, method="percentile")
-        intervals.add("copy_lift", lambda w: copy_rate(w) / chance(w), method="percentile")
+        intervals.add("copy_lift", lambda sums: copy_rate(sums) / chance(sums), method="percentile")
     intervals.add("error_consistency", _error_consistency(intervals, ~t_wrong, ~s_wrong))
     cis = intervals.compute() if n_errors else {}
 

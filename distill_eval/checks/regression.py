@@ -261,7 +261,7 @@ def _paired(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         ece_b, stat_b = _top_label_ece(base, y, intervals)
         ece_c, stat_c = _top_label_ece(cand, y, intervals)
         # paired: both students' calibration errors on the same resampled examples
-        intervals.add("ece_increase", lambda w: stat_c(w) - stat_b(w))
+        intervals.add("ece_increase", lambda sums: stat_c(sums) - stat_b(sums))
     cis = intervals.compute()
     values = {
         "agreement_drop": Metric.of(float(agree_b.mean() - agree_c.mean()), cis.get("agreement_drop")),

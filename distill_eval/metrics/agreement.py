@@ -46,21 +46,21 @@ def _pair(teacher_logits: ArrayLike, student_logits: ArrayLike) -> tuple[np.ndar
 
 
 def _per_example(
-    fn: Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]],
+    fns: dict[str, Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]]],
     teacher_logits: ArrayLike,
     student_logits: ArrayLike,
     temperature: float,
-) -> NDArray[np.float64]:
-    """``fn(log_p, log_q)`` over blocks of rows of both models' log-probabilities at ``temperature``."""
+) -> dict[str, NDArray[np.float64]]:
+    """Each ``fn(log_p, log_q)`` over blocks of rows of both models' log-probabilities at ``temperature``."""
     teacher, student = _pair(teacher_logits, student_logits)
     t = _check_temperature(temperature)
-
-    def block(rows: slice, a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-        a /= t
-        b /= t
-        return fn(_log_softmax_rows(a), _log_softmax_rows(b))
-
-    return map_rows(block, teacher, student)
+    out = {name: np.empty(teacher.shape[0]) for name in fns}
+    for rows in row_blocks(*teacher.shape):
+        log_p = _log_softmax_rows(np.array(teacher[rows], dtype=np.float64) / t)
+        log_q = _log_softmax_rows(np.array(student[rows], dtype=np.float64) / t)
+        for name, fn in fns.items():
+            out[name][rows] = fn(log_p, log_q)
+    return out
 
 
 def _kl(log_p: NDArray[np.float64], log_q: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -151,7 +151,7 @@ def kl_per_example(
         Values in [0, inf).
     """
 
-    return _per_example(_kl, teacher_logits, student_logits, temperature)
+    return _per_example({"kl": _kl}, teacher_logits, student_logits, temperature)["kl"]
 
 
 def divergences_per_example(
@@ -166,16 +166,7 @@ def divergences_per_example(
     -------
     dict with keys ``"kl"``, ``"js"``, ``"tvd"``, each an ndarray of shape (n_samples,)
     """
-    teacher, student = _pair(teacher_logits, student_logits)
-    t = _check_temperature(temperature)
-    out = {name: np.empty(teacher.shape[0]) for name in ("kl", "js", "tvd")}
-    for rows in row_blocks(*teacher.shape):
-        log_p = _log_softmax_rows(np.array(teacher[rows], dtype=np.float64) / t)
-        log_q = _log_softmax_rows(np.array(student[rows], dtype=np.float64) / t)
-        out["kl"][rows] = _kl(log_p, log_q)
-        out["js"][rows] = _js(log_p, log_q)
-        out["tvd"][rows] = _tvd(log_p, log_q)
-    return out
+    return _per_example({"kl": _kl, "js": _js, "tvd": _tvd}, teacher_logits, student_logits, temperature)
 
 
 def kl_divergence(teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0) -> float:
@@ -220,7 +211,7 @@ def js_per_example(
         Values in [0, ln 2].
     """
 
-    return _per_example(_js, teacher_logits, student_logits, temperature)
+    return _per_example({"js": _js}, teacher_logits, student_logits, temperature)["js"]
 
 
 def js_divergence(teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0) -> float:
@@ -262,7 +253,7 @@ def tvd_per_example(
         Values in [0, 1].
     """
 
-    return _per_example(_tvd, teacher_logits, student_logits, temperature)
+    return _per_example({"tvd": _tvd}, teacher_logits, student_logits, temperature)["tvd"]
 
 
 def total_variation(teacher_logits: ArrayLike, student_logits: ArrayLike, *, temperature: float = 1.0) -> float:

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -109,27 +110,30 @@ class WeightedSums:
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         self.n = int(n)
-        self._columns: list[NDArray[np.float64]] = []  # distinct value columns (None -> ones)
-        self._column_ids: dict[int, int] = {}
+        self._columns: list[NDArray[np.float64]] = []  # distinct value columns
         self._dense: list[int] = []  # value column of each plain sum
         self._families: list[tuple[NDArray[np.intp], int, int]] = []  # (groups, n_groups, value column)
-        self._groups: dict[int, tuple[object, NDArray[np.intp]]] = {}
+        # what each array given was turned into, by identity: the same values (the total weight)
+        # or groups (one slice's mask) become one column or one sort key however often declared
+        self._value_ids: dict[int, tuple[object, int]] = {}
+        self._group_ids: dict[int, tuple[object, NDArray[np.intp]]] = {}
+
+    @staticmethod
+    def _once(seen: dict[int, tuple[object, Any]], given: object, convert: Callable[[], Any]) -> Any:
+        known = seen.get(id(given))
+        if known is None or known[0] is not given:  # holding `given` keeps its id from being reused
+            known = seen[id(given)] = (given, convert())
+        return known[1]
 
     def _value_column(self, values: ArrayLike | None) -> int:
-        key = id(values) if values is not None else 0
-        if values is not None and key in self._column_ids and self._columns[self._column_ids[key]] is values:
-            return self._column_ids[key]
-        if values is None:
-            if 0 in self._column_ids:
-                return self._column_ids[0]
-            column = np.ones(self.n)
-        else:
-            column = np.asarray(values, dtype=np.float64)
+        def add() -> int:
+            column = np.ones(self.n) if values is None else np.asarray(values, dtype=np.float64)
             if column.shape != (self.n,):
                 raise ValueError(f"values must have shape ({self.n},), got {column.shape}")
-        self._columns.append(column)
-        self._column_ids[key] = len(self._columns) - 1
-        return len(self._columns) - 1
+            self._columns.append(column)
+            return len(self._columns) - 1
+
+        return self._once(self._value_ids, values, add)
 
     def column(self, values: ArrayLike | None = None) -> _Handle:
         """Declare ``sum_i w_i * values_i`` (``values=None``: the total weight); sums are shape (k,)."""
@@ -145,10 +149,8 @@ class WeightedSums:
             raise ValueError(f"groups must be integers, got dtype {g.dtype}")
         if n_groups < 1 or g.min() < 0 or g.max() >= n_groups:
             raise ValueError(f"groups must lie in [0, n_groups) = [0, {n_groups}), got [{g.min()}, {g.max()}]")
-        known = self._groups.get(id(groups))
-        if known is None or known[0] is not groups:  # the same array (e.g. one slice's mask) is sorted by once
-            known = self._groups[id(groups)] = (groups, g.astype(np.intp))
-        self._families.append((known[1], int(n_groups), self._value_column(values)))
+        sort_key = self._once(self._group_ids, groups, lambda: g.astype(np.intp))
+        self._families.append((sort_key, int(n_groups), self._value_column(values)))
         return _Handle(len(self._families) - 1, grouped=True)
 
     def totals(self) -> Sums:
@@ -198,8 +200,7 @@ class WeightedSums:
                 radix *= k
             order = np.argsort(key, kind="stable")
             sorted_key = key[order]
-            starts = np.flatnonzero(np.diff(sorted_key)) + 1
-            runs = np.concatenate([[0], starts, [n]])
+            runs = np.concatenate([[0], np.flatnonzero(np.diff(sorted_key)) + 1, [n]])
             run_groups = [g[order[runs[:-1]]] for g, _, _ in self._families]
         else:
             order = np.arange(n)
@@ -219,28 +220,28 @@ class WeightedSums:
         family_rows = [run_columns.index(c) for _, _, c in self._families]
         width = max(64, _BLOCK_BYTES // (4 * n_resamples))
         streams = rng.integers(2**63, size=2)
-        starts = range(0, n, width)
+        blocks = range(0, n, width)  # each block's first example
         buffers = [np.empty((n_resamples, min(width, n)), dtype=np.float32) for _ in range(_AHEAD + 1)]
 
         def weights(b: int) -> NDArray[np.float32]:
             # each block draws from its own stream, so the result never depends on threads or
             # timing; buffers rotate: one is summed while the next ones are drawn
-            size = min(n, starts[b] + width) - starts[b]
+            size = min(n, blocks[b] + width) - blocks[b]
             out = buffers[b % len(buffers)] if size == buffers[0].shape[1] else None
             return poisson_weights(np.random.default_rng([*streams, b]), (n_resamples, size), out=out)
 
         # Drawing weights costs more than summing them: other threads draw while this one sums
         # with a single-threaded BLAS (a threaded one would spin on the cores the draws need).
         with ThreadPoolExecutor(max_workers=_AHEAD) as pool, threadpool_limits(1, user_api="blas"):
-            pending = [pool.submit(weights, b) for b in range(min(_AHEAD, len(starts)))]
-            for b, start in enumerate(starts):
+            pending = [pool.submit(weights, b) for b in range(min(_AHEAD, len(blocks)))]
+            for b, start in enumerate(blocks):
                 block = pending.pop(0).result()
                 stop = start + block.shape[1]
                 if dense_columns:
                     dense += block @ dense_values[:, start:stop].T
                 if families:
                     self._sum_runs(block, start, stop, runs, run_values, run_groups, families, family_rows)
-                if b + _AHEAD < len(starts):  # its buffer was the one just summed
+                if b + _AHEAD < len(blocks):  # its buffer was the one just summed
                     pending.append(pool.submit(weights, b + _AHEAD))
         picked = [dense_columns.index(c) for c in self._dense]
         families_out = [f.T for f in families]

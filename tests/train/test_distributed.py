@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import digits
 import numpy as np
 import pytest
 import torch
@@ -14,10 +15,10 @@ from distill_eval.config import ModelSpec
 from distill_eval.data import load_builtin
 from distill_eval.errors import ConfigError
 from distill_eval.models import load_model
-from distill_eval.train import load_train_config, train, zoo
+from distill_eval.train import load_train_config, train
 from distill_eval.train.distributed import SINGLE, assemble_rows, launch_environment, process_group, shard_rows
 
-WEIGHTS = Path(zoo.__file__).with_name("weights")
+WEIGHTS = digits.WEIGHTS
 
 
 @pytest.fixture(autouse=True)
@@ -127,19 +128,8 @@ def test_outside_torchrun_or_with_one_process_no_group_is_started(monkeypatch: p
 
 # -- train under torchrun -------------------------------------------------------------------
 
-CONFIG = f"""
-[data]
-train = {{ source = "sklearn:digits", split = "train" }}
-val = {{ source = "sklearn:digits", split = "test" }}
-
-[teacher]
-factory = "distill_eval.train.zoo:digits_teacher"
-weights = "{WEIGHTS / "digits_teacher.pt"}"
-
-[student]
-factory = "distill_eval.train.zoo:digits_student"
-kwargs = {{ hidden = [8] }}
-
+CONFIG = digits.train_config(
+    """
 [distill]
 epochs = 2
 batch_size = 157          # 1257 rows: 8 global batches of 79 + 78 rows, then a last row: rank 1 gets none
@@ -154,6 +144,7 @@ noise_std = 0.05          # drawn per global batch: both ranks see the inputs on
 [output]
 dir = "run"
 """
+)
 
 
 @pytest.mark.slow

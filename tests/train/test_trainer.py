@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import digits
 import numpy as np
 import pytest
 import torch
@@ -34,7 +35,7 @@ from distill_eval.train import (
 )
 from distill_eval.train.config import parse_train_config
 
-WEIGHTS = Path(zoo.__file__).with_name("weights")
+WEIGHTS = digits.WEIGHTS
 EXAMPLE = Path(zoo.__file__).with_name("examples") / "digits.toml"
 RECORD_KEYS = {"epoch", "train_loss", "val_accuracy", "val_agreement"}
 
@@ -551,19 +552,8 @@ def test_a_student_with_another_class_count_is_a_clear_error(tmp_path: Path) -> 
 # -- the command line ---------------------------------------------------------------------
 
 
-CLI_CONFIG = f"""
-[data]
-train = {{ source = "sklearn:digits", split = "train" }}
-val = {{ source = "sklearn:digits", split = "test" }}
-
-[teacher]
-factory = "distill_eval.train.zoo:digits_teacher"
-weights = "{WEIGHTS / "digits_teacher.pt"}"
-
-[student]
-factory = "distill_eval.train.zoo:digits_student"
-kwargs = {{ hidden = [8] }}
-
+CLI_CONFIG = digits.train_config(
+    """
 [distill]
 epochs = 2
 batch_size = 128
@@ -573,6 +563,7 @@ cache_dir = "cache"
 [output]
 dir = "runs/tiny"
 """
+)
 
 
 def test_cli_train_resume_and_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
