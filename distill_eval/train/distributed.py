@@ -28,6 +28,7 @@ others waiting. :func:`origin_rank` tells a copy from the original.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -390,6 +391,13 @@ def process_group(device: str) -> Iterator[Dist]:
         options["device_id"] = torch.device(device)
     else:
         backend = "gloo"
+    # torch.distributed.nn.functional (imported by DDP) binds group.WORLD as a default argument when it
+    # is first imported: imported after init_process_group, it keeps the group alive for good. The
+    # group's worker threads then outlive destroy_process_group, and a gloo worker that frees a
+    # finished collective's tensors while Python shuts down aborts the process ("terminate called
+    # without an active exception"). Imported first, the defaults hold None.
+    importlib.import_module("torch.distributed.nn.functional")
+
     try:
         distributed.init_process_group(backend=backend, init_method="env://", **options)
     except (RuntimeError, ValueError) as e:

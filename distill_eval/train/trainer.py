@@ -352,34 +352,35 @@ def _run_phases(
     phases = [p for p in PHASES if wanted[p]]
     dist = run.dist
     for name in phases:
-        phase = _Phase(run, name, state["phases"].get(name))
-        if phase.done:
-            dist.run_on_main(functools.partial(phase.export, out / phase.file_name, missing_only=True))
+        # closing: the phase's DDP wrapper goes with it, so the process group can be freed at the end.
+        with contextlib.closing(_Phase(run, name, state["phases"].get(name))) as phase:
+            if phase.done:
+                dist.run_on_main(functools.partial(phase.export, out / phase.file_name, missing_only=True))
+                run.finished_phases[name] = phase
+                if name == "teacher":
+                    run.attach_trained_teacher(out / phase.file_name)
+                continue
+            for callback in callbacks:
+                callback.on_phase_start(name)
+            while not phase.complete:
+                if budget is not None and budget <= 0:
+                    return _publish_manifest(run, state, out, status="interrupted", current=phase)
+                record = phase.run_epoch(callbacks)
+                if budget is not None:
+                    budget -= 1
+                state["phases"][name] = phase.state_dict()
+                _save(run, checkpoint_path, state, manifest_status="running", current=phase)
+                run.say(phase.describe(record))
+                for callback in callbacks:
+                    callback.on_epoch_end(name, dict(record))
+            phase.finish()
+            dist.run_on_main(functools.partial(phase.export, out / phase.file_name))
+            state["phases"][name] = phase.state_dict()
+            _save(run, checkpoint_path, state)
             run.finished_phases[name] = phase
+            run.say(f"{name}: wrote {out / phase.file_name}")
             if name == "teacher":
                 run.attach_trained_teacher(out / phase.file_name)
-            continue
-        for callback in callbacks:
-            callback.on_phase_start(name)
-        while not phase.complete:
-            if budget is not None and budget <= 0:
-                return _publish_manifest(run, state, out, status="interrupted", current=phase)
-            record = phase.run_epoch(callbacks)
-            if budget is not None:
-                budget -= 1
-            state["phases"][name] = phase.state_dict()
-            _save(run, checkpoint_path, state, manifest_status="running", current=phase)
-            run.say(phase.describe(record))
-            for callback in callbacks:
-                callback.on_epoch_end(name, dict(record))
-        phase.finish()
-        dist.run_on_main(functools.partial(phase.export, out / phase.file_name))
-        state["phases"][name] = phase.state_dict()
-        _save(run, checkpoint_path, state)
-        run.finished_phases[name] = phase
-        run.say(f"{name}: wrote {out / phase.file_name}")
-        if name == "teacher":
-            run.attach_trained_teacher(out / phase.file_name)
     return _publish_manifest(run, state, out, status="finished", current=None)
 
 
@@ -699,6 +700,10 @@ class _Phase:
             device_ids = [torch.device(dist.device).index] if dist.device.startswith("cuda") else None
             self._ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         return self._ddp
+
+    def close(self) -> None:
+        """Drop the DDP wrapper: its reducer holds the process group, which must not outlive the run."""
+        self._ddp = None
 
     def run_epoch(self, callbacks: Sequence[TrainCallback]) -> dict[str, Any]:
         run, options, dist = self.run, self.options, self.run.dist

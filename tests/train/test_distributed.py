@@ -56,11 +56,19 @@ def test_uneven_shards_of_seven_rows_on_two_ranks_reassemble_in_row_order() -> N
 
 
 GATHER_SCRIPT = """
-import json, sys, torch
+import json, os, sys, torch
 from distill_eval.errors import ConfigError, ModelError
 from distill_eval.train.distributed import origin_rank, process_group
 
+def native_threads():
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
+
+threads_before = native_threads()
 with process_group("cpu") as dist:
+    # A DDP step, as the trainer takes: DDP must not keep the group (and its gloo threads) alive.
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+    ddp(torch.ones(4, 3)).sum().backward()
+    del ddp
     out = {"rank": dist.rank, "world_size": dist.world_size, "backend": dist.backend}
     for n, block in ((7, 1), (7, 3), (1, 1), (1, 4)):  # uneven shards; with n = 1 rank 1 has no rows
         rows = torch.from_numpy(dist.shard(n, block=block))
@@ -82,6 +90,7 @@ with process_group("cpu") as dist:
     except ModelError as e:
         out["everywhere_error"] = [str(e), origin_rank(e)]
     out["first"] = dist.main_first(lambda: dist.rank)
+out["threads"] = [threads_before, native_threads()]
 with open(sys.argv[1] + f".{out['rank']}.json", "w") as f:
     json.dump(out, f)
 """
@@ -103,6 +112,10 @@ def test_gather_is_exact_with_uneven_shards_on_two_processes(tmp_path: Path) -> 
         assert out["main_error"] == ["cfg.toml: bad key", None if rank == 0 else 0]
         assert out["everywhere_error"] == ["rank 1 cannot", None if rank == 1 else 1]
         assert out["first"] == rank
+        # The group is gone when the block ends: no gloo worker left to race Python's shutdown
+        # (such a worker freeing a collective's tensors at exit aborted the process).
+        before, after = out["threads"]
+        assert after == before, f"rank {rank}: {after - before} native threads outlived the process group"
 
 
 def test_launch_environment_and_a_single_process() -> None:
