@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,6 +91,26 @@ def test_copy_statistics_equal_the_metrics() -> None:
     assert at(iv, _error_consistency(iv, t == Y, s == Y))[0] == pytest.approx(M.error_consistency(Y, t, s))
     copied = (t != Y) & (s == t)
     assert at(iv, iv.ratio(copied, t != Y))[0] == pytest.approx(M.copy_rate(Y, t, s))
+
+
+def test_chance_copy_rate_sums_only_the_cells_that_occur() -> None:
+    # 1000 classes (ImageNet's count): a full (class, answer) grid is 10**6 sums per resample and
+    # family, gigabytes at the usual 1000 resamples; N = 400 examples occupy at most 400 cells.
+    classes, resamples = 1000, 20
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, classes, size=N)
+    t = np.where(rng.random(N) < 0.3, rng.integers(0, classes, size=N), y)
+    s = np.where(rng.random(N) < 0.5, t, y)  # copies half the teacher's answers, its errors included
+    iv = intervals()
+    chance = _chance_copy_rate(iv, y, t, s, classes)
+    assert at(iv, chance)[0] == pytest.approx(M.chance_copy_rate(y, t, s, n_classes=classes))
+    tracemalloc.start()
+    try:
+        resampled = chance(iv.sums.resample(np.random.default_rng(0), resamples))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(resampled).all() and peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 
 def test_ratio_is_nan_where_undefined() -> None:
