@@ -248,8 +248,8 @@ def _freeze_the_heap(config: pytest.Config) -> None:
     collection here, then :func:`gc.freeze`, leaves them only the objects made afterwards;
     :func:`_thaw_the_heap` puts everything back once pytest's cleanups are done.
     """
-    if "torch" not in sys.modules or config.stash.get(FROZEN_KEY, False):
-        return
+    if "torch" not in sys.modules or config.stash.get(FROZEN_KEY, False) or gc.get_freeze_count():
+        return  # a light heap, or one someone else froze (thawing would undo theirs)
     gc.collect()
     gc.freeze()
     config.stash[FROZEN_KEY] = True

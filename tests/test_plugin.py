@@ -87,6 +87,13 @@ def test_pytests_closing_collections_skip_the_heap_and_the_collector_is_restored
     assert gc_log["after"] == 0  # nothing stays frozen once pytest is done
 
 
+def test_a_heap_someone_else_froze_is_left_frozen(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    pytester.makeconftest("import gc\ngc.freeze()  # a user's own choice: the plugin must not undo it\n" + GC_WATCH)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2)
+    assert json.loads((pytester.path / "gc.json").read_text())["after"] > 0
+
+
 def test_no_paths_collects_the_suites_folder_not_testpaths(pytester: pytest.Pytester) -> None:
     write(pytester, {"gate": GATE}, PYPROJECT + '\n[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
     pytester.mkdir("tests")
