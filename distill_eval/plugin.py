@@ -13,9 +13,7 @@ reports are imported once ``--distill`` is given.
 
 from __future__ import annotations
 
-import gc
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +28,6 @@ if TYPE_CHECKING:
     from distill_eval.baseline import Acceptance
 
 ACCEPTANCE_KEY: pytest.StashKey[Acceptance] = pytest.StashKey()
-FROZEN_KEY: pytest.StashKey[bool] = pytest.StashKey()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -161,8 +158,6 @@ def pytest_configure(config: pytest.Config) -> None:
     except DistillError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[PROJECT_KEY] = project
-    # Registered before pytest's own cleanups, so it runs after them (see _freeze_the_heap).
-    config.add_cleanup(lambda: _thaw_the_heap(config))
     verbose = config.get_verbosity() >= 0
 
     def log(message: str) -> None:
@@ -234,34 +229,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if SESSION_KEY not in config.stash:
         return
-    try:
-        _finish_session(config)
-    finally:
-        _freeze_the_heap(config)
-
-
-def _freeze_the_heap(config: pytest.Config) -> None:
-    """Collect once and freeze what is left, until pytest's cleanups are done.
-
-    At its end pytest runs five full garbage collections (to report exceptions raised in
-    finalizers), each walking every object torch's import left: about 0.2 s apiece. One
-    collection here, then :func:`gc.freeze`, leaves them only the objects made afterwards;
-    :func:`_thaw_the_heap` puts everything back once pytest's cleanups are done.
-    """
-    if "torch" not in sys.modules or config.stash.get(FROZEN_KEY, False) or gc.get_freeze_count():
-        return  # a light heap, or one someone else froze (thawing would undo theirs)
-    gc.collect()
-    gc.freeze()
-    config.stash[FROZEN_KEY] = True
-
-
-def _thaw_the_heap(config: pytest.Config) -> None:
-    if config.stash.get(FROZEN_KEY, False):
-        gc.unfreeze()
-        config.stash[FROZEN_KEY] = False
-
-
-def _finish_session(config: pytest.Config) -> None:
     from distill_eval import xdist
 
     state = config.stash[SESSION_KEY]

@@ -56,44 +56,6 @@ def test_without_distill_the_plugin_changes_nothing(pytester: pytest.Pytester) -
     assert not (pytester.path / "reports").exists()
 
 
-GC_WATCH = """
-import atexit, gc, json
-
-frozen_at_each_full_collection = []
-
-def _watch(phase, info):
-    if phase == "start" and info["generation"] == 2:
-        frozen_at_each_full_collection.append(gc.get_freeze_count())
-
-def _write():
-    with open("gc.json", "w") as f:
-        json.dump({"during_cleanup": frozen_at_each_full_collection, "after": gc.get_freeze_count()}, f)
-
-def pytest_unconfigure(config):
-    gc.callbacks.append(_watch)  # from here on: pytest's own closing collections
-    atexit.register(_write)  # after pytest.main returns, before the interpreter's exit
-"""
-
-
-def test_pytests_closing_collections_skip_the_heap_and_the_collector_is_restored(pytester: pytest.Pytester) -> None:
-    # pytest ends with five full collections, each walking every object torch's import left; the
-    # plugin freezes the heap for them (one collection instead of five) and thaws it afterwards.
-    write(pytester, {"gate": GATE})
-    pytester.makeconftest(GC_WATCH)
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2)
-    gc_log = json.loads((pytester.path / "gc.json").read_text())
-    closing = gc_log["during_cleanup"]
-    assert len(closing) >= 5 and all(frozen > 10_000 for frozen in closing[:5]), closing
-    assert gc_log["after"] == 0  # nothing stays frozen once pytest is done
-
-
-def test_a_heap_someone_else_froze_is_left_frozen(pytester: pytest.Pytester) -> None:
-    write(pytester, {"gate": GATE})
-    pytester.makeconftest("import gc\ngc.freeze()  # a user's own choice: the plugin must not undo it\n" + GC_WATCH)
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2)
-    assert json.loads((pytester.path / "gc.json").read_text())["after"] > 0
-
-
 def test_no_paths_collects_the_suites_folder_not_testpaths(pytester: pytest.Pytester) -> None:
     write(pytester, {"gate": GATE}, PYPROJECT + '\n[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
     pytester.mkdir("tests")
