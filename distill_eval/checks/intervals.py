@@ -122,9 +122,7 @@ class Intervals:
     ) -> None:
         """Bootstrap ``statistic`` (of this check's :attr:`sums`) for metric ``name``."""
         self._statistics[name] = statistic
-        self._methods[name] = method
-        if support is not None:
-            self._support[name] = support
+        self._options_of(name, method, support)
 
     def affordable(self, name: str, cost: float) -> bool:
         """Whether metric ``name`` gets an interval that costs ``cost`` element operations.
@@ -149,6 +147,9 @@ class Intervals:
         if not self.affordable(name, cost):
             return
         self._refits[name] = factory()
+        self._options_of(name, method, support)
+
+    def _options_of(self, name: str, method: str, support: tuple[float, float] | None) -> None:
         self._methods[name] = method
         if support is not None:
             self._support[name] = support

@@ -352,7 +352,9 @@ def _run_phases(
     phases = [p for p in PHASES if wanted[p]]
     dist = run.dist
     for name in phases:
-        # closing: the phase's DDP wrapper goes with it, so the process group can be freed at the end.
+        # closing drops the phase's DDP wrapper (whose reducer holds the process group) when the phase
+        # ends: the run and its phases refer to each other, so without it the group could live until a
+        # garbage collection, possibly at interpreter exit, after destroy_process_group.
         with contextlib.closing(_Phase(run, name, state["phases"].get(name))) as phase:
             if phase.done:
                 dist.run_on_main(functools.partial(phase.export, out / phase.file_name, missing_only=True))
