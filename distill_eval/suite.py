@@ -7,6 +7,7 @@ file, the check and the nearest valid name in the message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +185,9 @@ def _read_bounds(cr: TableReader, metrics: tuple[str, ...]) -> tuple[Bound, ...]
                     f"unknown metric {metric!r} in '{op}'{did_you_mean(metric, metrics)}; "
                     f"metrics of this kind: {', '.join(metrics)}"
                 )
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise cr.error(f"'{op}.{metric}' must be a number, got {describe(value)}")
+            # TOML spells nan and inf; a NaN bound compares false both ways and would never fail
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise cr.error(f"'{op}.{metric}' must be a finite number, got {describe(value)}")
             bounds.append(Bound(metric=metric, op=op, value=float(value)))
     return tuple(bounds)
 

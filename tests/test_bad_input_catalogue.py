@@ -168,7 +168,7 @@ CASES = [
     Case(
         "wrong-type-bound",
         "collection",
-        ["*suites/gate.toml: check 'agreement': 'min.top1' must be a number, got a string ('0.5')"],
+        ["*suites/gate.toml: check 'agreement': 'min.top1' must be a finite number, got a string ('0.5')"],
         suite=SUITE.replace("top1 = 0.5", 'top1 = "0.5"'),
     ),
     Case(

@@ -80,8 +80,11 @@ def test_bounds_are_read(tmp_path: Path) -> None:
         ),
         (
             '[[check]]\nkind = "agreement"\nmin = { top1 = "high" }\n',
-            "'min.top1' must be a number, got a string ('high')",
+            "'min.top1' must be a finite number, got a string ('high')",
         ),
+        ('[[check]]\nkind = "agreement"\nmin = { top1 = nan }\n', "'min.top1' must be a finite number, got a number"),
+        ('[[check]]\nkind = "agreement"\nmax = { kl = inf }\n', "'max.kl' must be a finite number, got a number (inf)"),
+        ('[[check]]\nkind = "agreement"\nmax = { kl = -inf }\n', "'max.kl' must be a finite number, got a number (-"),
         (
             '[[check]]\nkind = "agreement"\nid = "a"\n[[check]]\nkind = "calibration"\nid = "a"\n',
             "check 'a': duplicate check id 'a' (also check #1)",
