@@ -22,9 +22,7 @@ def topics() -> dict[str, str]:
         the rest in alphabetical order.
     """
     names = sorted(
-        entry.name[: -len(".md")]
-        for entry in resources.files(__name__).iterdir()
-        if entry.name.endswith(".md")
+        entry.name[: -len(".md")] for entry in resources.files(__name__).iterdir() if entry.name.endswith(".md")
     )
     names.sort(key=lambda name: name != "index")
     return {name: _title(read_topic(name)) for name in names}

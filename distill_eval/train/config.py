@@ -1,6 +1,6 @@
-"""Training configs (``distill-eval docs trainer``): TOML -> frozen :class:`TrainConfig`, validated before anything loads.
+"""Training configs: TOML -> frozen :class:`TrainConfig`, validated before anything loads.
 
-A training config has the tables ``[data]``, ``[teacher]``, ``[student]``,
+Every key: ``distill-eval docs trainer``. A training config has the tables ``[data]``, ``[teacher]``, ``[student]``,
 ``[distill]`` and ``[output]``, and optionally ``[augment]``::
 
     [data]
