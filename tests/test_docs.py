@@ -220,8 +220,11 @@ def test_every_subcommand_and_its_options_are_documented() -> None:
 def test_every_results_json_key_of_a_real_run_is_documented(pytester: pytest.Pytester) -> None:
     pytester.makefile(".toml", pyproject=digits.pyproject(dataset='source = "sklearn:digits"'))
     (pytester.path / "suites").mkdir()
-    (pytester.path / "suites" / "gate.toml").write_text('[[check]]\nkind = "agreement"\nmin = { top1 = 0.5 }\n')
-    pytester.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=1)
+    checks = '[[check]]\nkind = "agreement"\nid = "kept"\nmin = { top1 = 0.5 }\n'
+    checks += '[[check]]\nkind = "agreement"\nid = "dropped"\n'
+    (pytester.path / "suites" / "gate.toml").write_text(checks)
+    # a -k selection too, so keys written only for a partial run show up as well
+    pytester.runpytest("-p", "no:cacheprovider", "--distill", "-k", "kept").assert_outcomes(passed=1)
     doc = json.loads((pytester.path / "reports" / "results.json").read_text())
     page = read_topic("results-schema")
     assert undocumented(set(doc), section(page, "## Top-level keys")) == []
