@@ -3,14 +3,16 @@
 Subcommands:
 
 - ``distill-eval train CONFIG.toml [--resume]`` — the reference distillation
-  trainer (SPEC section 7; :mod:`distill_eval.train.trainer`);
+  trainer (``distill-eval docs trainer``; :mod:`distill_eval.train.trainer`);
 - ``distill-eval report RESULTS.json [-o report.html]`` — re-render the HTML
   report (and, with ``--summary``, summary.md) from stored results;
 - ``distill-eval predict --model NAME --dataset NAME`` — compute a model's
   outputs into the plugin's output cache (:mod:`distill_eval.predict`);
 - ``distill-eval cache [--prune | --clear] [--max-size SIZE]`` — list the
   output cache (size, entries, which the project still uses) and prune it
-  (:class:`~distill_eval.outputs.OutputCache` keeps the entries).
+  (:class:`~distill_eval.outputs.OutputCache` keeps the entries);
+- ``distill-eval docs [TOPIC]`` — print a page of the reference that ships with
+  the package (:mod:`distill_eval.docs`), or list the topics.
 
 ``train`` and ``predict`` also run under ``torchrun --nproc_per_node=K -m
 distill_eval ...``; rank 0 alone prints progress, and an error every rank
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_cache(sub)
+    _add_docs(sub)
     report = sub.add_parser(
         "report",
         help="re-render report.html from a results.json",
@@ -101,7 +104,7 @@ config (TOML; relative paths are resolved against the config file's folder):
 
 writes into the output folder: student.pt2 (and control.pt2), manifest.json (config,
 teacher sha256, data hashes, seed, environment, one record per epoch) and checkpoint.pt.
-An example: distill_eval/train/examples/digits.toml.
+An example: distill_eval/train/examples/digits.toml. Every key: distill-eval docs trainer.
 
 distributed: torchrun --nproc_per_node=K -m distill_eval train CONFIG.toml (gloo on CPU,
 nccl on CUDA). batch_size is the global batch: each process takes a strided share of
@@ -113,7 +116,7 @@ def _add_train(sub: Any) -> None:
     train = sub.add_parser(
         "train",
         help="distil a student from a teacher (the reference trainer)",
-        description="Distil a student from a teacher as CONFIG.toml says (SPEC section 7), optionally with\n"
+        description="Distil a student from a teacher as CONFIG.toml says, optionally with\n"
         "a label-only control student; one line per epoch. Exit status: 0 done (or stopped by\n"
         "--max-epochs-this-run), 2 a mistake in the config, data or models, 130 interrupted\n"
         "(continue with --resume).",
@@ -707,10 +710,43 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_docs(sub: Any) -> None:
+    docs = sub.add_parser(
+        "docs",
+        help="print a page of the reference (configuration, suites, cli, ...); no TOPIC lists them",
+        description="Print a page of the distill_eval reference, which ships with the package.\n"
+        "Without TOPIC, list the topics. Exit status: 0 done, 2 an unknown topic.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    docs.add_argument("topic", nargs="?", default=None, metavar="TOPIC", help="a topic (default: list them)")
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from distill_eval._suggest import did_you_mean, one_of
+    from distill_eval.docs import read_topic, topics
+
+    pages = topics()
+    if args.topic is None:
+        width = max(map(len, pages))
+        print("topics (distill-eval docs TOPIC prints one):")
+        for name, title in pages.items():
+            print(f"  {name:<{width}}  {title}")
+        return 0
+    if args.topic not in pages:
+        print(
+            f"distill-eval docs: unknown topic {args.topic!r}{did_you_mean(args.topic, pages)}; "
+            f"expected one of {one_of(pages)}",
+            file=sys.stderr,
+        )
+        return 2
+    sys.stdout.write(read_topic(args.topic))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    commands = {"report": _report, "train": _train, "predict": _predict, "cache": _cache}
+    commands = {"report": _report, "train": _train, "predict": _predict, "cache": _cache, "docs": _docs}
     try:
         return commands[args.command](args)  # argparse rejects unknown commands
     except BrokenPipeError:

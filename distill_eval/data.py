@@ -91,7 +91,7 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 
 
 def load_builtin(source: str, *, split: str = "test", name: str | None = None) -> Dataset:
-    """Load a scikit-learn dataset with the deterministic split of the SPEC.
+    """Load a scikit-learn dataset with its documented deterministic split.
 
     Features are float32 (digits scaled to [0, 1] by /16); the split is a
     stratified 70/30 train/test split with seed 0 (``split="all"`` keeps every

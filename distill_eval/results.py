@@ -1,4 +1,4 @@
-"""Check results and ``results.json`` (SPEC section 6, schema 1)."""
+"""Check results and ``results.json`` (schema 1; ``distill-eval docs results-schema``)."""
 
 from __future__ import annotations
 

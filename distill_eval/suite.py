@@ -1,7 +1,7 @@
 """Suite files: TOML -> frozen :class:`SuiteSpec`, validated before any model loads.
 
 A suite file has one ``[suite]`` table and one ``[[check]]`` table per check
-(SPEC section 4). Everything a user can misspell is checked here, with the
+(``distill-eval docs suites``). Everything a user can misspell is checked here, with the
 file, the check and the nearest valid name in the message.
 """
 

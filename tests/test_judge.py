@@ -1,4 +1,4 @@
-"""Bounds under the three gate modes (SPEC 5), and the failure sentence."""
+"""Bounds under the three gate modes (distill-eval docs statistics), and the failure sentence."""
 
 from __future__ import annotations
 

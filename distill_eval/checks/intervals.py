@@ -1,4 +1,4 @@
-"""Confidence intervals for a check's metrics (SPEC section 5).
+"""Confidence intervals for a check's metrics (``distill-eval docs statistics``).
 
 Single proportions (accuracy, agreement, copy rates) get a Wilson interval.
 Every other metric is written as a statistic of *weighted sums* over examples

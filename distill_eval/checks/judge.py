@@ -1,4 +1,4 @@
-"""Bounds and gate modes: turn a measurement into a verdict (SPEC section 5).
+"""Bounds and gate modes: turn a measurement into a verdict (``distill-eval docs statistics``).
 
 - ``estimate``: the point estimate must satisfy the bound;
 - ``strict``: the whole interval must satisfy it (passing needs evidence);

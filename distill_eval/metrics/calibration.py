@@ -1,6 +1,6 @@
 """Calibration metrics: binned calibration error, Brier score, NLL, temperature.
 
-Binning rule (the contract's, as in Guo et al. 2017): with edges
+Binning rule (the documented one, as in Guo et al. 2017): with edges
 ``e_0 < e_1 < ... < e_B``, bin ``i`` holds the confidences in ``(e_i, e_{i+1}]``
 and the first bin also holds ``e_0``. So with 5 uniform bins a confidence of
 exactly 0.6 falls in ``(0.4, 0.6]``, 1.0 falls in the last bin and 0.0 in the

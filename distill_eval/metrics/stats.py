@@ -1,6 +1,6 @@
 """Confidence intervals: exact intervals for proportions, bootstrap for the rest.
 
-Every bounded metric is reported with an interval (SPEC section 5). Single
+Every bounded metric is reported with an interval (``distill-eval docs statistics``). Single
 proportions get a closed-form interval; everything else is bootstrapped over
 examples, with one set of resampling weights shared by every statistic of a
 check so that comparisons of two models on the same examples are paired.

@@ -1,6 +1,6 @@
 """ReportData: what report.html shows, built from a results document alone.
 
-:func:`build_report_data` reads a results.json document (SPEC section 6) and
+:func:`build_report_data` reads a results.json document (``distill-eval docs results-schema``) and
 returns plain, JSON-serialisable dataclasses: the verdict banner, the table of
 every check, one section per check (tables, charts with their text
 equivalents, failure galleries) and the provenance. The template only lays

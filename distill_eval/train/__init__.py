@@ -1,6 +1,6 @@
 """Training: the knowledge-distillation loss, the reference trainer and a small zoo of architectures.
 
-- :func:`kd_loss` is the loss of SPEC section 7, and :func:`distillation_loss`
+- :func:`kd_loss` is the documented distillation loss (``distill-eval docs trainer``), and :func:`distillation_loss`
   the same with the teacher's errors filtered out;
 - :func:`load_train_config` reads a training config into a :class:`TrainConfig`,
   and :func:`train` runs it (``distill-eval train CONFIG.toml``), writing the

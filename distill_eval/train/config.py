@@ -1,6 +1,6 @@
-"""Training configs (SPEC section 7): TOML -> frozen :class:`TrainConfig`, validated before anything loads.
+"""Training configs: TOML -> frozen :class:`TrainConfig`, validated before anything loads.
 
-A training config has the tables ``[data]``, ``[teacher]``, ``[student]``,
+Every key: ``distill-eval docs trainer``. A training config has the tables ``[data]``, ``[teacher]``, ``[student]``,
 ``[distill]`` and ``[output]``, and optionally ``[augment]``::
 
     [data]
@@ -243,7 +243,7 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
     top.finish()
     for key, table in tables.items():
         if table is None:
-            raise top.error(f"missing required table [{key}] (see SPEC section 7 for an example config)")
+            raise top.error(f"missing required table [{key}] (`distill-eval docs trainer` shows an example config)")
     data_table, teacher_table, student_table, distill_table, output_table = tables.values()
 
     r = TableReader(data_table, file=name, where="[data]")

@@ -1,4 +1,4 @@
-"""The Hinton knowledge-distillation loss (SPEC section 7)."""
+"""The Hinton knowledge-distillation loss (``distill-eval docs trainer``)."""
 
 from __future__ import annotations
 

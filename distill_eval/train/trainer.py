@@ -1,4 +1,4 @@
-"""The reference distillation trainer (SPEC section 7): ``distill-eval train CONFIG.toml``.
+"""The reference distillation trainer (``distill-eval docs trainer``): ``distill-eval train CONFIG.toml``.
 
 :func:`train` reads a validated :class:`~distill_eval.train.config.TrainConfig`
 and runs up to three *phases*:

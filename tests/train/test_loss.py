@@ -23,7 +23,7 @@ def _batch(seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _hand_kd(s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
-    """The SPEC formula written out in float64 numpy."""
+    """The documented loss formula (distill-eval docs trainer) written out in float64 numpy."""
 
     def softmax(z: np.ndarray) -> np.ndarray:
         e = np.exp(z - z.max(axis=1, keepdims=True))

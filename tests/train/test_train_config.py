@@ -1,4 +1,4 @@
-"""Training configs: every key of SPEC section 7 read, every mistake reported with file, table and key."""
+"""Training configs: every documented key read, every mistake reported with file, table and key."""
 
 from __future__ import annotations
 
