@@ -8,6 +8,7 @@ identifies the content (the file's bytes, or the arrays of a built-in set).
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,15 @@ import numpy as np
 
 from distill_eval._hashing import sha256_arrays, sha256_file
 from distill_eval.config import DatasetSpec
-from distill_eval.errors import DataError
+from distill_eval.errors import DataError, DistillWarning
 
-__all__ = ["Dataset", "load_builtin", "load_dataset"]
+__all__ = ["Dataset", "load_builtin", "load_dataset", "require_finite_inputs"]
+
+#: CSV column names that usually hold the labels; one of them left among the features gets a warning
+LABEL_LIKE = ("label", "labels", "target", "y", "class")
+
+#: how many offending ids an error lists before it gives the count
+SHOWN_IDS = 5
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,6 +180,17 @@ def _read_csv(path: Path, spec: DatasetSpec):
     header, body = rows[0], rows[1:]
     columns = {name: [r[i] if i < len(r) else "" for r in body] for i, name in enumerate(header)}
     y = None
+    if spec.label_column not in columns:
+        likely = [c for c in header if c.strip().lower() in LABEL_LIKE and c != spec.id_column]
+        if likely:
+            warnings.warn(
+                DistillWarning(
+                    f"dataset '{spec.name}': {path} has no column '{spec.label_column}' (label_column), so column "
+                    f"'{likely[0]}' is read as a feature and the dataset has no labels; if '{likely[0]}' holds the "
+                    f'labels, set label_column = "{likely[0]}" in [tool.distill_eval.datasets.{spec.name}]'
+                ),
+                stacklevel=2,
+            )
     if spec.label_column in columns:
         labels = columns.pop(spec.label_column)
         bad = next((v for v in labels if not _is_number(v)), None)
@@ -257,6 +275,38 @@ def _validated(name, source, sha256, x, y, ids, meta) -> Dataset:
             raise DataError(f"{where}: meta column '{key}' has shape {column.shape}; expected ({n},)")
         clean_meta[key] = column
     return Dataset(name=name, x=x, y=y, ids=ids, meta=clean_meta, source=source, sha256=sha256)
+
+
+def require_finite_inputs(data: Dataset, *, purpose: str) -> None:
+    """Raise a DataError when some inputs ``x`` are NaN or infinite, naming the file and the rows' ids.
+
+    Parameters
+    ----------
+    data : Dataset
+        The dataset whose ``x`` is checked.
+    purpose : str
+        What needs finite inputs, for the message (e.g. ``"model 'student'"``).
+
+    Raises
+    ------
+    DataError
+        Naming the dataset and its file, the field ``'x'``, the first few
+        offending ids and how many examples are affected.
+    """
+    x = np.asarray(data.x)
+    if x.ndim == 0 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.floating):
+        return
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    shown = ", ".join(repr(str(i)) for i in data.ids[rows[:SHOWN_IDS]])
+    more = f" and {len(rows) - SHOWN_IDS} more" if len(rows) > SHOWN_IDS else ""
+    where = f" ({data.source})" if data.source else ""
+    raise DataError(
+        f"dataset '{data.name}'{where}: field 'x' holds NaN or infinite values in {len(rows)} of {data.n} "
+        f"example(s), ids {shown}{more}; {purpose} needs finite inputs: fix or drop those rows"
+    )
 
 
 def ids_file_mask(path: Path, dataset: Dataset, *, what: str) -> np.ndarray:

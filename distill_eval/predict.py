@@ -30,7 +30,7 @@ import torch
 
 from distill_eval._suggest import did_you_mean, one_of
 from distill_eval.config import ProjectConfig
-from distill_eval.data import load_dataset
+from distill_eval.data import load_dataset, require_finite_inputs
 from distill_eval.errors import ConfigError, ModelError
 from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device
 from distill_eval.outputs import OutputCache, compute_logits
@@ -124,6 +124,7 @@ def predict(
     with process_group(resolve_device(device or project.device)) as dist:
         say = (log if dist.is_main else None) or (lambda message: None)
         data = load_dataset(data_spec)
+        require_finite_inputs(data, purpose=f"model '{model}'")
         loaded: Model | None = None
         fingerprint = model_fingerprint(spec)
         if fingerprint is None:  # no files: the parameters identify it, as in the plugin

@@ -19,7 +19,7 @@ from distill_eval._hashing import sha256_file, sha256_json
 from distill_eval.checks import KINDS, CheckContext
 from distill_eval.checks.judge import judge
 from distill_eval.config import ProjectConfig
-from distill_eval.data import Dataset, load_dataset
+from distill_eval.data import Dataset, load_dataset, require_finite_inputs
 from distill_eval.errors import ConfigError, DataError, DistillError
 from distill_eval.models import (
     Model,
@@ -193,6 +193,7 @@ class DistillSession:
         if model not in self.project.models:
             raise ConfigError(f"model {model!r} is not defined in [tool.distill_eval.models]")
         data = self.dataset(dataset)
+        require_finite_inputs(data, purpose=f"model '{model}'")  # bad rows are the data's fault, not the model's
         fp = self.fingerprint(model)
         cache_key = None
         if fp is not None:

@@ -259,7 +259,7 @@ def test_different_shapes_and_empty_training_data_are_data_errors(tmp_path: Path
         measure(tmp_path, 'train = "train"', evaluation, dataset("train", np.zeros((0, 6))))
     nan = dataset("train", np.full((3, 6), np.nan))
     measure(tmp_path, 'train = "train"', evaluation, nan)  # exact search compares bytes: NaN is fine
-    with pytest.raises(DataError, match=r"dataset 'train' has 3 example.*NaN.*'train-0'"):
+    with pytest.raises(DataError, match=r"dataset 'train'.*'x' holds NaN or infinite values in 3 of 3 .*'train-0'"):
         measure(tmp_path, 'train = "train"\nnear = true', evaluation, nan)
 
 

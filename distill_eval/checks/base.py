@@ -209,13 +209,29 @@ class CheckContext:
 
     @property
     def labels(self) -> np.ndarray:
-        """The dataset's labels; a CheckError if it has none."""
-        y = self.dataset.y
-        if y is None:
+        """The dataset's labels; a CheckError if it has none.
+
+        Kinds read it before any model output, so a dataset without labels
+        stops the check before a model is loaded or run.
+        """
+        data = self.dataset
+        if data.y is None:
+            where = f" ({data.source})" if data.source else ""
             raise CheckError(
-                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset '{self.check.dataset}' has none"
+                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset '{data.name}'{where} has "
+                f"none; give it labels ('y' in .npz/.pt files; in a .csv file the column named by label_column "
+                f"in [tool.distill_eval.datasets.{data.name}])"
             )
-        return y
+        return data.y
+
+    def require_labels_for(self, metrics: Iterable[str]) -> None:
+        """Raise the :attr:`labels` CheckError up front when a bound uses one of ``metrics`` (which need labels).
+
+        Unbounded label metrics are just undefined without labels; a bounded one
+        could not be judged, and saying so before the models run saves their time.
+        """
+        if self.bounded_metrics & set(metrics):
+            self.labels  # noqa: B018 — raises when there are none
 
     def model(self, name: str) -> Model:
         """A loaded model, for checks that need the model itself (timing), not just its outputs."""

@@ -50,6 +50,7 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
+from distill_eval.data import require_finite_inputs
 from distill_eval.errors import DataError
 from distill_eval.metrics.stats import wilson_interval
 
@@ -88,12 +89,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     near = params["near"]
     if near:
         for data in (evaluation, train):
-            rows = ~np.isfinite(data.x.reshape(data.n, -1)).all(axis=1)
-            if rows.any():
-                raise DataError(
-                    f"dataset '{data.name}' has {int(rows.sum())} example(s) with NaN or infinite inputs "
-                    f"(first: id {data.ids[np.argmax(rows)]!r}); near-duplicate search needs finite inputs"
-                )
+            require_finite_inputs(data, purpose="near-duplicate search (near = true)")
         if params["near_distance"] is None and train.n < 2:
             raise DataError(
                 f"dataset '{train.name}' has a single example; the default 'near_distance' needs at least 2 "

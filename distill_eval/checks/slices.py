@@ -125,10 +125,10 @@ class _Fields(Mapping[str, np.ndarray]):
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
-    teacher, student = ctx.pair()
     data = ctx.dataset
-    if params["metric"] == "accuracy":
-        y = ctx.labels
+    y = ctx.labels if params["metric"] == "accuracy" else None  # before the models: no labels, no work
+    teacher, student = ctx.pair()
+    if y is not None:
         teacher_hit = teacher.preds == y
         student_hit = student.preds == y
     else:
