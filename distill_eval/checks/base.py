@@ -36,12 +36,22 @@ class Metric:
     """A measured value with its confidence interval.
 
     ``value`` is None when the metric is undefined on this data; ``note`` then
-    says why (e.g. "the teacher makes no errors").
+    says why (e.g. "the teacher makes no errors"). ``census`` marks a count
+    over the whole data rather than an estimate from a sample (leakage's
+    duplicate counts and rate): its interval is the point ``(value, value)``
+    on purpose, exact, and a strict gate may pass on it.
     """
 
     value: float | None
     ci: tuple[float, float] | None = None
     note: str | None = None
+    census: bool = False
+
+    @classmethod
+    def exact(cls, value: float) -> Metric:
+        """A census: a value computed from all of the data, with the point interval ``(value, value)``."""
+        value = float(value)
+        return cls(value, (value, value), census=True)
 
     @classmethod
     def of(cls, value: float | None, ci: tuple[float, float] | None = None, *, undefined: str = "") -> Metric:

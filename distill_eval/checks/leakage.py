@@ -31,8 +31,10 @@ near_duplicates
     unless ``near = true``); interval as above.
 duplicate_rate
     Fraction of evaluation examples that are exact duplicates, or exact *or*
-    near duplicates when ``near = true``; Wilson interval at the suite's
-    confidence.
+    near duplicates when ``near = true``. Also a census (every evaluation
+    example is compared, none is sampled): its interval is the point
+    ``[rate, rate]``, so ``max = { duplicate_rate = 0 }`` passes under every
+    gate, ``strict`` included, exactly when no example leaked.
 
 Extras: ``duplicates``, up to 20 example pairs ``{"id", "train_id", "distance"}``
 (exact duplicates first, then near ones by increasing distance), and
@@ -52,7 +54,6 @@ from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.data import require_finite_inputs
 from distill_eval.errors import DataError
-from distill_eval.metrics.stats import wilson_interval
 
 #: how many duplicate pairs the results list
 MAX_EXAMPLES = 20
@@ -101,11 +102,9 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     n_exact, n_near = found.n_exact, found.n_near
     leaked = n_exact + n_near
     values = {
-        "exact_duplicates": Metric(float(n_exact), (float(n_exact), float(n_exact))),
-        "near_duplicates": Metric(float(n_near), (float(n_near), float(n_near)))
-        if near
-        else Metric(None, None, "near = false"),
-        "duplicate_rate": Metric(leaked / n, wilson_interval(leaked, n, confidence=ctx.suite.confidence)),
+        "exact_duplicates": Metric.exact(n_exact),
+        "near_duplicates": Metric.exact(n_near) if near else Metric(None, None, "near = false"),
+        "duplicate_rate": Metric.exact(leaked / n),
     }
     extras: dict[str, Any] = {"duplicates": _examples(found, evaluation.ids, train.ids)}
     if near:
