@@ -132,6 +132,10 @@ class DistillSession:
         self.worker_models: dict[str, dict[str, Any]] = {}
         self.worker_datasets: dict[str, dict[str, Any]] = {}
 
+    def log(self, message: str) -> None:
+        """Send a one-line progress message (to pytest's terminal, in a pytest run)."""
+        self._log(message)
+
     # -- loading -------------------------------------------------------------
 
     @property

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
     from distill_eval.models import Model
-    from distill_eval.outputs import ModelOutputs
+    from distill_eval.outputs import ModelOutputs, OutputCache
+    from distill_eval.progress import Progress
     from distill_eval.results import CheckResult
     from distill_eval.suite import CheckSpec, SuiteSpec
 
@@ -256,6 +257,25 @@ class CheckContext:
     def previous_results(self) -> list[CheckResult]:
         """Results of the checks that already ran in this session, in run order."""
         return list(self._source.results)
+
+    def log(self, message: str) -> None:
+        """Send a one-line message about this check (prefixed with its kind and id) to the run's terminal."""
+        log = getattr(self._source, "log", None)
+        if log is not None:
+            log(f"{self.check.kind} '{self.check.id}': {message}")
+
+    def progress(self, what: str, total: int, *, unit: str = "examples") -> Progress:
+        """Rate-limited progress lines for a long part of this check (see :mod:`distill_eval.progress`)."""
+        from distill_eval.progress import Progress
+
+        has_log = getattr(self._source, "log", None) is not None
+        return Progress(self.log if has_log else None, what, total, unit=unit)
+
+    @property
+    def cache(self) -> OutputCache | None:
+        """The run's on-disk cache, where long results are kept by content; None when the source has none."""
+        cache = getattr(self._source, "cache", None)
+        return cache if cache is not None and cache.enabled else None
 
     def other_dataset(self, name: str) -> Dataset:
         """Another dataset of the project (e.g. the training set, for leakage)."""
