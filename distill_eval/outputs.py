@@ -119,8 +119,12 @@ def compute_logits(
     batch_size: int,
     model: str,
     dataset: str,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Run ``predict`` over ``x`` in batches and validate the result.
+
+    ``progress``, when given, is called after each batch with the examples done so far
+    (e.g. :meth:`distill_eval.progress.Progress.update`).
 
     Raises
     ------
@@ -157,6 +161,8 @@ def compute_logits(
                 "batches; the class count must not change"
             )
         out[start : start + len(batch)] = logits
+        if progress is not None:
+            progress(start + len(batch))
     assert out is not None  # datasets are never empty (checked when loaded)
     bad = ~np.isfinite(out)
     if bad.any():

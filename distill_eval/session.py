@@ -31,6 +31,7 @@ from distill_eval.models import (
     wrap_model,
 )
 from distill_eval.outputs import ModelOutputs, OutputCache, compute_logits
+from distill_eval.progress import Progress
 from distill_eval.results import CheckResult
 from distill_eval.suite import CheckSpec, SuiteSpec
 
@@ -215,9 +216,15 @@ class DistillSession:
         else:
             loaded = self.model(model)
             start = time.perf_counter()
-            logits = compute_logits(
-                loaded.predict_logits, data.x, batch_size=self.project.batch_size, model=model, dataset=dataset
-            )
+            with Progress(self._log, f"{model} on {dataset}", data.n) as progress:
+                logits = compute_logits(
+                    loaded.predict_logits,
+                    data.x,
+                    batch_size=self.project.batch_size,
+                    model=model,
+                    dataset=dataset,
+                    progress=progress.update,
+                )
             elapsed = time.perf_counter() - start
             self._log(f"{model} on {dataset}: {data.n} examples in {elapsed:.2f} s ({loaded.device})")
             if cache_key:

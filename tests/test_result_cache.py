@@ -257,3 +257,12 @@ def test_slice_discovery_is_computed_once(tmp_path: Path, monkeypatch: pytest.Mo
     )
     run()
     assert len(calls) == 2
+
+
+def test_model_outputs_report_progress_after_each_batch() -> None:
+    from distill_eval.outputs import compute_logits
+
+    done: list[int] = []
+    x = np.zeros((25, 3), dtype=np.float32)
+    out = compute_logits(lambda b: np.ones((len(b), 2)), x, batch_size=10, model="m", dataset="d", progress=done.append)
+    assert out.shape == (25, 2) and done == [10, 20, 25]
