@@ -160,15 +160,6 @@ id = "other"
 train = "train"
 """
 
-# every line of progress is written, and the search goes in blocks of 100 rows
-CONFTEST = """
-import distill_eval.metrics.leakage
-import distill_eval.progress
-
-distill_eval.progress.EVERY_S = 0.0
-distill_eval.metrics.leakage._QUERY_ROWS = 100
-"""
-
 
 def test_progress_lines_are_whole_lines_and_a_rerun_reads_the_cache(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -178,7 +169,9 @@ def test_progress_lines_are_whole_lines_and_a_rerun_reads_the_cache(
     np.savez(pytester.path / "train.npz", x=train)
     np.savez(pytester.path / "test.npz", x=np.concatenate([rng.normal(size=(450, 6)), train[:50]]))
     pytester.makefile(".toml", pyproject=PYPROJECT)
-    pytester.makeconftest(CONFTEST)
+    # every line of progress is written, and the search goes in blocks of 100 rows (pytester runs in this process)
+    monkeypatch.setattr("distill_eval.progress.EVERY_S", 0.0)
+    monkeypatch.setattr("distill_eval.metrics.leakage._QUERY_ROWS", 100)
     (pytester.path / "suites").mkdir()
     (pytester.path / "suites" / "leaks.toml").write_text(SUITE)
     first = pytester.runpytest("-p", "no:cacheprovider", "--distill")
