@@ -88,12 +88,15 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     readers = {".npz": _read_npz, ".pt": _read_pt, ".pth": _read_pt, ".csv": _read_csv}
     if suffix not in readers:
         raise DataError(f"dataset '{spec.name}': {path}: unsupported format {suffix!r}; expected .npz, .pt or .csv")
+    notes: list[str] = []
     try:
-        x, y, ids, meta = readers[suffix](path, spec)
+        x, y, ids, meta = readers[suffix](path, spec, notes)
     except DataError:
         raise
     except Exception as e:  # a corrupt file: say which, without a traceback
         raise DataError(f"dataset '{spec.name}': cannot read {path}: {e}") from e
+    for note in notes:  # outside the try: under -W error a warning is not a corrupt file
+        warnings.warn(DistillWarning(note), stacklevel=2)
     return _validated(spec.name, str(path), sha256_file(path), x, y, ids, meta)
 
 
@@ -138,7 +141,7 @@ def load_builtin(source: str, *, split: str = "test", name: str | None = None) -
 # -- readers ---------------------------------------------------------------
 
 
-def _read_npz(path: Path, spec: DatasetSpec):
+def _read_npz(path: Path, spec: DatasetSpec, notes: list[str]):
     with np.load(path, allow_pickle=False) as npz:
         keys = set(npz.files)
         if "x" not in keys:
@@ -150,7 +153,7 @@ def _read_npz(path: Path, spec: DatasetSpec):
     return x, y, ids, meta
 
 
-def _read_pt(path: Path, spec: DatasetSpec):
+def _read_pt(path: Path, spec: DatasetSpec, notes: list[str]):
     import torch
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -171,7 +174,7 @@ def _read_pt(path: Path, spec: DatasetSpec):
     return x, y, ids, meta
 
 
-def _read_csv(path: Path, spec: DatasetSpec):
+def _read_csv(path: Path, spec: DatasetSpec, notes: list[str]):
     # utf-8-sig: spreadsheet exports start with a byte order mark that would rename the first column
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [row for row in csv.reader(f) if row]  # blank lines are not examples
@@ -183,13 +186,10 @@ def _read_csv(path: Path, spec: DatasetSpec):
     if spec.label_column not in columns:
         likely = [c for c in header if c.strip().lower() in LABEL_LIKE and c != spec.id_column]
         if likely:
-            warnings.warn(
-                DistillWarning(
-                    f"dataset '{spec.name}': {path} has no column '{spec.label_column}' (label_column), so column "
-                    f"'{likely[0]}' is read as a feature and the dataset has no labels; if '{likely[0]}' holds the "
-                    f'labels, set label_column = "{likely[0]}" in [tool.distill_eval.datasets.{spec.name}]'
-                ),
-                stacklevel=2,
+            notes.append(
+                f"dataset '{spec.name}': {path} has no column '{spec.label_column}' (label_column), so column "
+                f"'{likely[0]}' is read as a feature and the dataset has no labels; if '{likely[0]}' holds the "
+                f'labels, set label_column = "{likely[0]}" in [tool.distill_eval.datasets.{spec.name}]'
             )
     if spec.label_column in columns:
         labels = columns.pop(spec.label_column)

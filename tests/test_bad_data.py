@@ -140,3 +140,25 @@ def test_a_check_that_needs_labels_says_so_before_any_model_loads(project_dir: P
     kind = check.split('"')[1]
     assert f"check '{kind}' ({kind}) needs labels, but dataset 'test' ({project_dir / 'test.npz'}) has none" in message
     assert "label_column" in message
+
+
+def test_a_csv_with_a_target_column_warns_and_a_check_needing_labels_errors(pytester: pytest.Pytester) -> None:
+    x, y = _arrays()
+    rows = ["a,b,c,d,target"] + [
+        ",".join(f"{v:.4f}" for v in row) + f",{label}" for row, label in zip(x, y, strict=True)
+    ]
+    (pytester.path / "test.csv").write_text("\n".join(rows) + "\n")
+    _project(pytester.path, "test.csv")
+    (pytester.path / "suites" / "gate.toml").write_text('[[check]]\nkind = "calibration"\n')
+    # shown as a warning (this suite's own filterwarnings = error would make it an error)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--distill", "-W", "always::distill_eval.DistillWarning")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*calibration check 'calibration' could not be computed: check 'calibration' (calibration) needs labels, "
+            "but dataset 'test' (*test.csv) has none*",
+            "*DistillWarning: dataset 'test': *test.csv has no column 'label' (label_column), so column 'target' is "
+            "read as a feature and the dataset has no labels; if 'target' holds the labels, "
+            'set label_column = "target" in [[]tool.distill_eval.datasets.test[]]',
+        ]
+    )
