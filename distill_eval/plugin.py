@@ -92,7 +92,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--distill-no-cache",
         action="store_true",
         default=False,
-        help="recompute every model output instead of reading the cache (default: use the cache)",
+        help="recompute every model output, leakage search and slice discovery instead of reading the cache "
+        "(default: use the cache)",
     )
     group.addoption(
         "--distill-accept",
