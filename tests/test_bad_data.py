@@ -33,10 +33,10 @@ PYPROJECT = """
 device = "cpu"
 
 [tool.distill_eval.models.teacher]
-factory = "tiny:{factory}"
+factory = "baddata_models:{factory}"
 
 [tool.distill_eval.models.student]
-factory = "tiny:{factory}"
+factory = "baddata_models:{factory}"
 
 [tool.distill_eval.datasets.test]
 path = "{data}"
@@ -45,7 +45,7 @@ path = "{data}"
 
 def _project(root: Path, data: str, factory: str = "build") -> Path:
     (root / "pyproject.toml").write_text(PYPROJECT.format(factory=factory, data=data))
-    (root / "tiny.py").write_text(TINY)
+    (root / "baddata_models.py").write_text(TINY)
     (root / "suites").mkdir()
     return root
 
