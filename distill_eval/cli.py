@@ -307,6 +307,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 _CACHE_EPILOG = """\
+kinds (KIND):
+  outputs    a model's logits on a dataset
+  leakage    a leakage check's duplicate search (exact and near) of one dataset in another
+  discovery  a slices check's discovered groups (discover = true)
+  leakage and discovery entries are keyed by the content of the arrays they read, their
+  settings and the code that computes them; they are stale once a dataset they read changed
+  or left the config, and unknown otherwise (what the suites ask is not read here)
+
 statuses:
   current   its key is one pytest --distill computes now, from the configured model and
             dataset files, device, batch_size and this torch version
@@ -497,6 +505,8 @@ class _ProjectKeys:
             return "current", ""
         if self.everything_unknown:
             return "unknown", self.everything_unknown
+        if entry.kind != "outputs":
+            return self._result_status(entry)
         model, dataset = entry.model, entry.dataset
         for why in (self.unknown_models.get(model or ""), self.unknown_datasets.get(dataset or "")):
             if why:
@@ -517,6 +527,21 @@ class _ProjectKeys:
         if changed:
             return "stale", " and ".join(changed) + (" have" if len(changed) > 1 else " has") + " changed"
         return "stale", "computed with another device, batch_size or torch version"
+
+    def _result_status(self, entry: CacheEntry) -> tuple[str, str]:
+        """(status, note) of a check's cached result (leakage, discovery): stale once its data is gone or changed."""
+        datasets = entry.info.get("datasets")
+        datasets = datasets if isinstance(datasets, dict) else {}
+        for name, sha256 in sorted(datasets.items()):
+            if name not in self.dataset_names:
+                return "stale", f"no dataset '{name}' in the config"
+            if name in self.unknown_datasets:
+                return "unknown", self.unknown_datasets[name]
+            if sha256 and sha256 != self.datasets[name]:
+                return "stale", f"dataset '{name}' has changed"
+        check = entry.info.get("check")
+        of = f" of check '{check}'" if isinstance(check, str) else ""
+        return "unknown", f"a {entry.kind} result{of}: reused while that check's settings and inputs stay the same"
 
 
 class _CacheRow:
@@ -548,6 +573,7 @@ class _CacheRow:
             self.status,
             e.model or "-",
             e.dataset or "-",
+            e.kind if e.key else "-",
             "x".join(str(n) for n in shape) if isinstance(shape, list | tuple) else "-",
             dtype if isinstance(dtype, str) else "-",
             format_size(e.size),
@@ -588,7 +614,7 @@ def _cache_list(folder: Path, rows: list[_CacheRow]) -> None:
         line += " and " + ", ".join(f"{_plural(kinds[s], f'{s} file')}" for s in _STATUSES if kinds[s])
     print(line)
     now = time.time()
-    header = ["STATUS", "MODEL", "DATASET", "SHAPE", "DTYPE", "SIZE", "CREATED", "LAST USED", "KEY", "NOTE"]
+    header = ["STATUS", "MODEL", "DATASET", "KIND", "SHAPE", "DTYPE", "SIZE", "CREATED", "LAST USED", "KEY", "NOTE"]
     print(_table([header, *(r.cells(now) for r in sorted(rows, key=_CacheRow.sort_key))]))
     prunable = [r for r in rows if r.status in _PRUNED]
     if prunable:
@@ -624,7 +650,7 @@ def _cache_prune(cache: OutputCache, rows: list[_CacheRow], *, prune: bool, max_
         lines = []
         for row, why in doomed:
             cells = row.cells(now)
-            lines.append(["removed", cells[0], cells[1], cells[2], cells[5], cells[8], why])
+            lines.append(["removed", cells[0], cells[1], cells[2], cells[6], cells[9], why])
         print(_table(lines))
     left = [r for r in rows if all(r is not d for d, _ in doomed)]
     where = _shown(cache.folder)

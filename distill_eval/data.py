@@ -8,6 +8,7 @@ identifies the content (the file's bytes, or the arrays of a built-in set).
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,15 @@ import numpy as np
 
 from distill_eval._hashing import sha256_arrays, sha256_file
 from distill_eval.config import DatasetSpec
-from distill_eval.errors import DataError
+from distill_eval.errors import DataError, DistillWarning
 
-__all__ = ["Dataset", "load_builtin", "load_dataset"]
+__all__ = ["Dataset", "load_builtin", "load_dataset", "require_finite_inputs"]
+
+#: CSV column names that usually hold the labels; one of them left among the features gets a warning
+LABEL_LIKE = ("label", "labels", "target", "y", "class")
+
+#: how many offending ids an error lists before it gives the count
+SHOWN_IDS = 5
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,12 +88,15 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     readers = {".npz": _read_npz, ".pt": _read_pt, ".pth": _read_pt, ".csv": _read_csv}
     if suffix not in readers:
         raise DataError(f"dataset '{spec.name}': {path}: unsupported format {suffix!r}; expected .npz, .pt or .csv")
+    notes: list[str] = []
     try:
-        x, y, ids, meta = readers[suffix](path, spec)
+        x, y, ids, meta = readers[suffix](path, spec, notes)
     except DataError:
         raise
     except Exception as e:  # a corrupt file: say which, without a traceback
         raise DataError(f"dataset '{spec.name}': cannot read {path}: {e}") from e
+    for note in notes:  # outside the try: under -W error a warning is not a corrupt file
+        warnings.warn(DistillWarning(note), stacklevel=2)
     return _validated(spec.name, str(path), sha256_file(path), x, y, ids, meta)
 
 
@@ -131,7 +141,7 @@ def load_builtin(source: str, *, split: str = "test", name: str | None = None) -
 # -- readers ---------------------------------------------------------------
 
 
-def _read_npz(path: Path, spec: DatasetSpec):
+def _read_npz(path: Path, spec: DatasetSpec, notes: list[str]):
     with np.load(path, allow_pickle=False) as npz:
         keys = set(npz.files)
         if "x" not in keys:
@@ -143,7 +153,7 @@ def _read_npz(path: Path, spec: DatasetSpec):
     return x, y, ids, meta
 
 
-def _read_pt(path: Path, spec: DatasetSpec):
+def _read_pt(path: Path, spec: DatasetSpec, notes: list[str]):
     import torch
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -164,7 +174,7 @@ def _read_pt(path: Path, spec: DatasetSpec):
     return x, y, ids, meta
 
 
-def _read_csv(path: Path, spec: DatasetSpec):
+def _read_csv(path: Path, spec: DatasetSpec, notes: list[str]):
     # utf-8-sig: spreadsheet exports start with a byte order mark that would rename the first column
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [row for row in csv.reader(f) if row]  # blank lines are not examples
@@ -173,6 +183,14 @@ def _read_csv(path: Path, spec: DatasetSpec):
     header, body = rows[0], rows[1:]
     columns = {name: [r[i] if i < len(r) else "" for r in body] for i, name in enumerate(header)}
     y = None
+    if spec.label_column not in columns:
+        likely = [c for c in header if c.strip().lower() in LABEL_LIKE and c != spec.id_column]
+        if likely:
+            notes.append(
+                f"dataset '{spec.name}': {path} has no column '{spec.label_column}' (label_column), so column "
+                f"'{likely[0]}' is read as a feature and the dataset has no labels; if '{likely[0]}' holds the "
+                f'labels, set label_column = "{likely[0]}" in [tool.distill_eval.datasets.{spec.name}]'
+            )
     if spec.label_column in columns:
         labels = columns.pop(spec.label_column)
         bad = next((v for v in labels if not _is_number(v)), None)
@@ -257,6 +275,38 @@ def _validated(name, source, sha256, x, y, ids, meta) -> Dataset:
             raise DataError(f"{where}: meta column '{key}' has shape {column.shape}; expected ({n},)")
         clean_meta[key] = column
     return Dataset(name=name, x=x, y=y, ids=ids, meta=clean_meta, source=source, sha256=sha256)
+
+
+def require_finite_inputs(data: Dataset, *, purpose: str) -> None:
+    """Raise a DataError when some inputs ``x`` are NaN or infinite, naming the file and the rows' ids.
+
+    Parameters
+    ----------
+    data : Dataset
+        The dataset whose ``x`` is checked.
+    purpose : str
+        What needs finite inputs, for the message (e.g. ``"model 'student'"``).
+
+    Raises
+    ------
+    DataError
+        Naming the dataset and its file, the field ``'x'``, the first few
+        offending ids and how many examples are affected.
+    """
+    x = np.asarray(data.x)
+    if x.ndim == 0 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.floating):
+        return
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    shown = ", ".join(repr(str(i)) for i in data.ids[rows[:SHOWN_IDS]])
+    more = f" and {len(rows) - SHOWN_IDS} more" if len(rows) > SHOWN_IDS else ""
+    where = f" ({data.source})" if data.source else ""
+    raise DataError(
+        f"dataset '{data.name}'{where}: field 'x' holds NaN or infinite values in {len(rows)} of {data.n} "
+        f"example(s), ids {shown}{more}; {purpose} needs finite inputs: fix or drop those rows"
+    )
 
 
 def ids_file_mask(path: Path, dataset: Dataset, *, what: str) -> np.ndarray:

@@ -3,6 +3,11 @@
 :class:`ModelOutputs` is the one interface through which checks read what a
 model produced, so a future output type (token-level logits too large to hold
 whole) changes this module, not every check.
+
+The same cache holds the results of long data-only computations (leakage's
+duplicate search, slice discovery), keyed by :func:`result_key`: the content of
+the arrays they read, their settings and the code that computes them. The
+sidecar's ``kind`` tells the entries apart (``"outputs"`` when absent).
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from distill_eval._hashing import sha256_file
+from distill_eval._hashing import sha256_arrays, sha256_file, sha256_json
 from distill_eval._io import TEMP_SUFFIX, LockTimeout, atomic_write, file_lock, temp_writer_pid
 from distill_eval.errors import ModelError
 
-__all__ = ["CacheEntry", "CacheScan", "ModelOutputs", "OutputCache", "compute_logits"]
+__all__ = ["CacheEntry", "CacheScan", "ModelOutputs", "OutputCache", "compute_logits", "result_key"]
 
 #: bump when the cached representation changes, so old entries are never read
 CACHE_FORMAT = 1
@@ -114,8 +119,12 @@ def compute_logits(
     batch_size: int,
     model: str,
     dataset: str,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Run ``predict`` over ``x`` in batches and validate the result.
+
+    ``progress``, when given, is called after each batch with the examples done so far
+    (e.g. :meth:`distill_eval.progress.Progress.update`).
 
     Raises
     ------
@@ -152,6 +161,8 @@ def compute_logits(
                 "batches; the class count must not change"
             )
         out[start : start + len(batch)] = logits
+        if progress is not None:
+            progress(start + len(batch))
     assert out is not None  # datasets are never empty (checked when loaded)
     bad = ~np.isfinite(out)
     if bad.any():
@@ -161,6 +172,63 @@ def compute_logits(
             f"in {len(rows)} of {n} examples (first rows: {rows[:5].tolist()}); logits must be finite numbers"
         )
     return out
+
+
+def _code_version(modules: Iterable[str]) -> str:
+    """A hash of the source files of ``modules`` and of the versions of the libraries results depend on."""
+    import importlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts: dict[str, str] = {}
+    for name in sorted(modules):
+        if name not in _CODE_HASHES:
+            file = getattr(importlib.import_module(name), "__file__", None)
+            _CODE_HASHES[name] = sha256_file(file) if file else name
+        parts[name] = _CODE_HASHES[name]
+    for package in ("numpy", "scipy", "scikit-learn"):
+        try:
+            parts[package] = version(package)
+        except PackageNotFoundError:
+            parts[package] = "absent"
+    return sha256_json(parts)
+
+
+_CODE_HASHES: dict[str, str] = {}
+
+
+def result_key(
+    kind: str,
+    *,
+    arrays: Mapping[str, np.ndarray | None],
+    settings: Mapping[str, Any],
+    code: Iterable[str],
+) -> str:
+    """The :class:`OutputCache` key of a check's long computation: what it read and how.
+
+    Parameters
+    ----------
+    kind : str
+        What is cached, e.g. ``"leakage"``, ``"discovery"``.
+    arrays : mapping of str to ndarray or None
+        Every array the computation reads, hashed by content (dtype, shape,
+        bytes), so data from a file, a built-in set or a ``conftest.py`` hook
+        (whose ``sha256`` may be empty) keys the same way; None for an absent one.
+    settings : mapping
+        The options (JSON-serialisable) that change the result.
+    code : iterable of str
+        Modules whose source computes the result: editing one makes old entries
+        unreachable, as do other numpy, scipy or scikit-learn versions.
+    """
+    hashed = {name: None if a is None else sha256_arrays(np.asarray(a)) for name, a in sorted(arrays.items())}
+    return sha256_json(
+        {
+            "kind": kind,
+            "arrays": hashed,
+            "settings": dict(settings),
+            "code": _code_version(code),
+            "format": CACHE_FORMAT,
+        }
+    )
 
 
 class OutputCache:
@@ -377,6 +445,12 @@ class CacheEntry:
     last_used: float | None = None
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the entry holds: ``"outputs"`` (a model's logits), ``"leakage"``, ``"discovery"``."""
+        value = self.info.get("kind", "outputs")
+        return value if isinstance(value, str) else "outputs"
 
     @property
     def model(self) -> str | None:

@@ -92,7 +92,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--distill-no-cache",
         action="store_true",
         default=False,
-        help="recompute every model output instead of reading the cache (default: use the cache)",
+        help="recompute every model output, leakage search and slice discovery instead of reading the cache "
+        "(default: use the cache)",
     )
     group.addoption(
         "--distill-accept",
@@ -135,6 +136,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from distill_eval import xdist
     from distill_eval.config import load_project_config
+    from distill_eval.progress import terminal_log
     from distill_eval.session import DistillSession
 
     models = _pairs(config.getoption("distill_model"), "--distill-model")
@@ -158,20 +160,6 @@ def pytest_configure(config: pytest.Config) -> None:
     except DistillError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[PROJECT_KEY] = project
-    verbose = config.get_verbosity() >= 0
-
-    def log(message: str) -> None:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if not verbose or reporter is None:
-            return
-        if capture is None:
-            reporter.write_line(f"distill_eval: {message}")
-            return
-        # Work happens inside a test's setup, where output is captured; progress must reach the terminal.
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"distill_eval: {message}")
-
     config.stash[SESSION_KEY] = DistillSession(
         project,
         use_cache=not config.getoption("distill_no_cache"),
@@ -180,7 +168,7 @@ def pytest_configure(config: pytest.Config) -> None:
         load_dataset_hook=lambda name, spec: config.hook.pytest_distill_load_dataset(
             name=name, spec=spec, config=config
         ),
-        log=log,
+        log=terminal_log(config),
     )
     if xdist.is_controller(config):
         config.pluginmanager.register(xdist.Gatherer(config.stash[SESSION_KEY]), "distill_eval.xdist")

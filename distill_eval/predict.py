@@ -30,10 +30,11 @@ import torch
 
 from distill_eval._suggest import did_you_mean, one_of
 from distill_eval.config import ProjectConfig
-from distill_eval.data import load_dataset
+from distill_eval.data import load_dataset, require_finite_inputs
 from distill_eval.errors import ConfigError, ModelError
 from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device
 from distill_eval.outputs import OutputCache, compute_logits
+from distill_eval.progress import Progress
 from distill_eval.session import output_cache_key
 from distill_eval.train.distributed import process_group
 
@@ -124,6 +125,7 @@ def predict(
     with process_group(resolve_device(device or project.device)) as dist:
         say = (log if dist.is_main else None) or (lambda message: None)
         data = load_dataset(data_spec)
+        require_finite_inputs(data, purpose=f"model '{model}'")
         loaded: Model | None = None
         fingerprint = model_fingerprint(spec)
         if fingerprint is None:  # no files: the parameters identify it, as in the plugin
@@ -163,7 +165,15 @@ def predict(
             if not len(rows):  # fewer batches than processes: nothing to do here
                 return np.empty((0,), dtype=np.float32)
             x = data.x[rows] if dist.enabled else data.x
-            return compute_logits(loaded.predict_logits, x, batch_size=batch_size, model=model, dataset=dataset)
+            with Progress(say, f"{model} on {dataset}", len(x)) as progress:  # rank 0's share under torchrun
+                return compute_logits(
+                    loaded.predict_logits,
+                    x,
+                    batch_size=batch_size,
+                    model=model,
+                    dataset=dataset,
+                    progress=progress.update,
+                )
 
         local = dist.everywhere(compute)
         logits = dist.gather_rows(torch.from_numpy(local), data.n, block=batch_size, dst=0)

@@ -19,7 +19,7 @@ from distill_eval._hashing import sha256_file, sha256_json
 from distill_eval.checks import KINDS, CheckContext
 from distill_eval.checks.judge import judge
 from distill_eval.config import ProjectConfig
-from distill_eval.data import Dataset, load_dataset
+from distill_eval.data import Dataset, load_dataset, require_finite_inputs
 from distill_eval.errors import ConfigError, DataError, DistillError
 from distill_eval.models import (
     Model,
@@ -31,6 +31,7 @@ from distill_eval.models import (
     wrap_model,
 )
 from distill_eval.outputs import ModelOutputs, OutputCache, compute_logits
+from distill_eval.progress import Progress
 from distill_eval.results import CheckResult
 from distill_eval.suite import CheckSpec, SuiteSpec
 
@@ -132,6 +133,10 @@ class DistillSession:
         self.worker_models: dict[str, dict[str, Any]] = {}
         self.worker_datasets: dict[str, dict[str, Any]] = {}
 
+    def log(self, message: str) -> None:
+        """Send a one-line progress message (to pytest's terminal, in a pytest run)."""
+        self._log(message)
+
     # -- loading -------------------------------------------------------------
 
     @property
@@ -193,6 +198,7 @@ class DistillSession:
         if model not in self.project.models:
             raise ConfigError(f"model {model!r} is not defined in [tool.distill_eval.models]")
         data = self.dataset(dataset)
+        require_finite_inputs(data, purpose=f"model '{model}'")  # bad rows are the data's fault, not the model's
         fp = self.fingerprint(model)
         cache_key = None
         if fp is not None:
@@ -210,9 +216,15 @@ class DistillSession:
         else:
             loaded = self.model(model)
             start = time.perf_counter()
-            logits = compute_logits(
-                loaded.predict_logits, data.x, batch_size=self.project.batch_size, model=model, dataset=dataset
-            )
+            with Progress(self._log, f"{model} on {dataset}", data.n) as progress:
+                logits = compute_logits(
+                    loaded.predict_logits,
+                    data.x,
+                    batch_size=self.project.batch_size,
+                    model=model,
+                    dataset=dataset,
+                    progress=progress.update,
+                )
             elapsed = time.perf_counter() - start
             self._log(f"{model} on {dataset}: {data.n} examples in {elapsed:.2f} s ({loaded.device})")
             if cache_key:

@@ -100,6 +100,16 @@ def pickled_module(folder: Path) -> None:
     torch.save(torch.nn.Linear(4, 3), folder / "full.pt")  # the whole module, pickled: not weights-only
 
 
+def nan_rows(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[[3, 7], 1] = np.nan
+    return x
+
+
+def unlabelled(folder: Path) -> None:
+    np.savez(folder / "test.npz", x=_arrays()[0])
+
+
 def ids_file(folder: Path) -> None:
     (folder / "suites" / "hard.txt").write_text("# known hard examples\n0\n1\nnope-1\nnope-2\n")
 
@@ -395,6 +405,27 @@ CASES = [
         suite=slices_suite(
             '{ name = "zeros", where = "label == 0" }', "min_support = 100\nmin = { retention = 0.5 }\n"
         ),
+    ),
+    Case(
+        "nan-inputs",
+        "error",
+        [
+            "*agreement check 'agreement' could not be computed: dataset 'test' (*test.npz): field 'x' holds NaN or "
+            "infinite values in 2 of 120 example(s), ids '3', '7'; model 'teacher' needs finite inputs: fix or drop "
+            "those rows"
+        ],
+        files=(npz("test.npz", x=nan_rows),),
+    ),
+    Case(
+        "no-labels",
+        "error",
+        [
+            "*calibration check 'calibration' could not be computed: check 'calibration' (calibration) needs labels, "
+            "but dataset 'test' (*test.npz) has none; give it labels ('y' in .npz/.pt files; in a .csv file the "
+            "column named by label_column in [[]tool.distill_eval.datasets.test[]])"
+        ],
+        suite=SUITE.replace('"agreement"\nmin = { top1 = 0.5 }', '"calibration"'),
+        files=(unlabelled,),
     ),
 ]
 

@@ -23,7 +23,6 @@ from distill_eval.config import DatasetSpec, ModelSpec, ProjectConfig
 from distill_eval.data import Dataset, load_builtin
 from distill_eval.errors import DataError
 from distill_eval.metrics import default_near_distance, exact_matches, find_duplicates
-from distill_eval.metrics.stats import wilson_interval
 
 N_EXACT, N_NEAR = 17, 9
 
@@ -226,7 +225,7 @@ def test_the_kind_reports_counts_rate_and_examples(tmp_path: Path, digits) -> No
     assert m.metrics["near_duplicates"].value == near_ref and m.metrics["near_duplicates"].ci == (near_ref, near_ref)
     rate = m.metrics["duplicate_rate"]
     assert rate.value == (exact + near_ref) / len(x)
-    assert rate.ci == wilson_interval(exact + near_ref, len(x), confidence=0.9)
+    assert rate.ci == (rate.value, rate.value) and rate.census  # every example compared: no sampling error
     assert m.extras["near_distance"] == pytest.approx(default_near_distance(train.x))
     pairs = m.extras["duplicates"]
     assert len(pairs) == 20 and json.loads(json.dumps(pairs)) == pairs
@@ -259,7 +258,7 @@ def test_different_shapes_and_empty_training_data_are_data_errors(tmp_path: Path
         measure(tmp_path, 'train = "train"', evaluation, dataset("train", np.zeros((0, 6))))
     nan = dataset("train", np.full((3, 6), np.nan))
     measure(tmp_path, 'train = "train"', evaluation, nan)  # exact search compares bytes: NaN is fine
-    with pytest.raises(DataError, match=r"dataset 'train' has 3 example.*NaN.*'train-0'"):
+    with pytest.raises(DataError, match=r"dataset 'train'.*'x' holds NaN or infinite values in 3 of 3 .*'train-0'"):
         measure(tmp_path, 'train = "train"\nnear = true', evaluation, nan)
 
 
@@ -386,3 +385,22 @@ def test_a_bad_train_name_is_a_collection_error(pytester: pytest.Pytester, digit
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines([message])
     result.stdout.no_fnmatch_line("*Traceback*")
+
+
+@pytest.mark.parametrize("gate", ["strict", "estimate", "lenient"])
+def test_no_duplicates_passes_max_duplicate_rate_0_under_every_gate(
+    pytester: pytest.Pytester, digits, gate: str
+) -> None:
+    # duplicate_rate is a census of the data, not a sample: its interval is the point, so a clean
+    # evaluation set passes `max = 0` even under strict (a Wilson interval's upper end is never 0)
+    train, test = digits
+    project(pytester, digits, SUITE.split("\n[[check]]", 2)[0] + "\n[[check]]" + SUITE.split("\n[[check]]")[1])
+    np.savez(pytester.path / "test.npz", x=test.x, ids=test.ids)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--distill", f"--distill-gate={gate}")
+    result.assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "reports" / "results.json").read_text())
+    (clean,) = doc["suites"][0]["checks"]
+    assert clean["metrics"]["duplicate_rate"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    # and one leaked row fails under every gate: the point interval is above 0
+    np.savez(pytester.path / "test.npz", x=np.concatenate([test.x, train.x[:1]]))
+    pytester.runpytest("-p", "no:cacheprovider", "--distill", f"--distill-gate={gate}").assert_outcomes(failed=1)

@@ -14,6 +14,9 @@ from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metri
 from distill_eval.checks.intervals import Intervals
 from distill_eval.report.extras import agreement_extras
 
+#: the metrics that compare with the labels (undefined without them)
+LABEL_METRICS = ("student_accuracy", "teacher_accuracy", "accuracy_gap", "accuracy_retention")
+
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
     return {
@@ -38,6 +41,7 @@ def _kappa(intervals: Intervals, a: np.ndarray, b: np.ndarray, n_classes: int):
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    ctx.require_labels_for(LABEL_METRICS)
     teacher, student = ctx.pair()
     t_logits, s_logits = teacher.logits, student.logits
     temperature, n = params["temperature"], teacher.n
@@ -69,7 +73,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     }
     if y is None:
         no_labels = f"dataset '{ctx.check.dataset}' has no labels"
-        for name in ("student_accuracy", "teacher_accuracy", "accuracy_gap", "accuracy_retention"):
+        for name in LABEL_METRICS:
             values[name] = Metric(None, None, no_labels)
         return Measurement(values, extras=agreement_extras(ctx.dataset, teacher, student), n=n)
     s_acc, t_acc = float(s_hit.mean()), float(t_hit.mean())

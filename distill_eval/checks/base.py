@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
     from distill_eval.models import Model
-    from distill_eval.outputs import ModelOutputs
+    from distill_eval.outputs import ModelOutputs, OutputCache
+    from distill_eval.progress import Progress
     from distill_eval.results import CheckResult
     from distill_eval.suite import CheckSpec, SuiteSpec
 
@@ -36,12 +37,22 @@ class Metric:
     """A measured value with its confidence interval.
 
     ``value`` is None when the metric is undefined on this data; ``note`` then
-    says why (e.g. "the teacher makes no errors").
+    says why (e.g. "the teacher makes no errors"). ``census`` marks a count
+    over the whole data rather than an estimate from a sample (leakage's
+    duplicate counts and rate): its interval is the point ``(value, value)``
+    on purpose, exact, and a strict gate may pass on it.
     """
 
     value: float | None
     ci: tuple[float, float] | None = None
     note: str | None = None
+    census: bool = False
+
+    @classmethod
+    def exact(cls, value: float) -> Metric:
+        """A census: a value computed from all of the data, with the point interval ``(value, value)``."""
+        value = float(value)
+        return cls(value, (value, value), census=True)
 
     @classmethod
     def of(cls, value: float | None, ci: tuple[float, float] | None = None, *, undefined: str = "") -> Metric:
@@ -209,13 +220,29 @@ class CheckContext:
 
     @property
     def labels(self) -> np.ndarray:
-        """The dataset's labels; a CheckError if it has none."""
-        y = self.dataset.y
-        if y is None:
+        """The dataset's labels; a CheckError if it has none.
+
+        Kinds read it before any model output, so a dataset without labels
+        stops the check before a model is loaded or run.
+        """
+        data = self.dataset
+        if data.y is None:
+            where = f" ({data.source})" if data.source else ""
             raise CheckError(
-                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset '{self.check.dataset}' has none"
+                f"check '{self.check.id}' ({self.check.kind}) needs labels, but dataset '{data.name}'{where} has "
+                f"none; give it labels ('y' in .npz/.pt files; in a .csv file the column named by label_column "
+                f"in [tool.distill_eval.datasets.{data.name}])"
             )
-        return y
+        return data.y
+
+    def require_labels_for(self, metrics: Iterable[str]) -> None:
+        """Raise the :attr:`labels` CheckError up front when a bound uses one of ``metrics`` (which need labels).
+
+        Unbounded label metrics are just undefined without labels; a bounded one
+        could not be judged, and saying so before the models run saves their time.
+        """
+        if self.bounded_metrics & set(metrics):
+            self.labels  # noqa: B018 — raises when there are none
 
     def model(self, name: str) -> Model:
         """A loaded model, for checks that need the model itself (timing), not just its outputs."""
@@ -230,6 +257,25 @@ class CheckContext:
     def previous_results(self) -> list[CheckResult]:
         """Results of the checks that already ran in this session, in run order."""
         return list(self._source.results)
+
+    def log(self, message: str) -> None:
+        """Send a one-line message about this check (prefixed with its kind and id) to the run's terminal."""
+        log = getattr(self._source, "log", None)
+        if log is not None:
+            log(f"{self.check.kind} '{self.check.id}': {message}")
+
+    def progress(self, what: str, total: int, *, unit: str = "examples") -> Progress:
+        """Rate-limited progress lines for a long part of this check (see :mod:`distill_eval.progress`)."""
+        from distill_eval.progress import Progress
+
+        has_log = getattr(self._source, "log", None) is not None
+        return Progress(self.log if has_log else None, what, total, unit=unit)
+
+    @property
+    def cache(self) -> OutputCache | None:
+        """The run's on-disk cache, where long results are kept by content; None when the source has none."""
+        cache = getattr(self._source, "cache", None)
+        return cache if cache is not None and cache.enabled else None
 
     def other_dataset(self, name: str) -> Dataset:
         """Another dataset of the project (e.g. the training set, for leakage)."""

@@ -82,8 +82,8 @@ def _ece_at(logits: np.ndarray, y: np.ndarray, temperature: float, bins: int, bi
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    y = ctx.labels  # before the models: no labels, no work
     teacher, student = ctx.pair()
-    y = ctx.labels
     bins, binning = params["bins"], params["binning"]
     intervals = Intervals(ctx, len(y))
     s_bins, s_n, s_gap = _top_label(student, y, bins, binning)

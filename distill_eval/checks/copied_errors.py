@@ -82,8 +82,9 @@ def _error_consistency(intervals: Intervals, t_hit: np.ndarray, s_hit: np.ndarra
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    y = ctx.labels  # before the models: no labels, no work
     teacher, student = ctx.pair()
-    y, t, s = ctx.labels, teacher.preds, student.preds
+    t, s = teacher.preds, student.preds
     n, k = len(y), teacher.n_classes
     t_wrong, s_wrong = t != y, s != y
     copied = t_wrong & (s == t)

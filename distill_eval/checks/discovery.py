@@ -88,7 +88,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,7 @@ _MAX_DIMS = 64  # above this, project on _PCA_DIMS principal components before c
 _PCA_DIMS = 32
 _CHUNK = 8_192  # rows transformed at once, to bound memory on large inputs
 _DUPLICATE = 0.9  # share of a group's members inside a better one at which it is the same finding
+_PHASES = 4  # for progress: where candidates, input clusters, logit clusters, choice and test
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,20 @@ class Discovered:
         )
         return out
 
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Discovered:
+        """The inverse of :meth:`to_json`."""
+        ids = doc.get("ids")
+        return cls(
+            name=doc["name"],
+            source=doc["source"],
+            where=doc.get("where"),
+            ids=tuple(ids) if ids is not None else None,
+            **{key: doc[key] for key in ("support", "student_score", "teacher_score", "gap", "effect")},
+            p_value=doc["p_value"],
+            p_adjusted=doc["p_adjusted"],
+        )
+
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -199,6 +214,7 @@ def discover(
     top: int,
     rng: np.random.Generator,
     alpha: float = 0.05,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Discovered]:
     """Find the groups of examples where the student loses most against the teacher.
 
@@ -234,6 +250,9 @@ def discover(
     alpha : float, default=0.05
         Family-wise error rate: a group is reported when its Holm-adjusted
         p-value is at most ``alpha``.
+    progress : callable, optional
+        ``(done, total)``: called after each of the search's phases (the
+        ``where`` candidates, the input clusters, the logit clusters, the test).
 
     Returns
     -------
@@ -257,15 +276,19 @@ def discover(
     if n < 4 or np.all(d == d[0]):  # nowhere can the student lose more than elsewhere
         return []
 
+    phase = progress or (lambda done, total: None)
     half = math.ceil(min_support / 2)
     candidates = _where_candidates(fields, n, explore, min_support)
+    phase(1, _PHASES)
     k_max = min(_MAX_K, n // (2 * min_support))
     flat = x.reshape(n, -1)
     logits = teacher_logits - teacher_logits.mean(axis=1, keepdims=True)
     candidates += _clusters(flat, explore, k_max, seed_inputs, standardise=True, source="cluster:inputs", what="input")
+    phase(2, _PHASES)
     candidates += _clusters(
         logits, explore, k_max, seed_logits, standardise=False, source="cluster:teacher_logits", what="teacher-logit"
     )
+    phase(3, _PHASES)
     candidates = [c for c in candidates if _supported(c.mask, explore, min_support, half)]
     if not candidates:
         return []

@@ -31,8 +31,10 @@ near_duplicates
     unless ``near = true``); interval as above.
 duplicate_rate
     Fraction of evaluation examples that are exact duplicates, or exact *or*
-    near duplicates when ``near = true``; Wilson interval at the suite's
-    confidence.
+    near duplicates when ``near = true``. Also a census (every evaluation
+    example is compared, none is sampled): its interval is the point
+    ``[rate, rate]``, so ``max = { duplicate_rate = 0 }`` passes under every
+    gate, ``strict`` included, exactly when no example leaked.
 
 Extras: ``duplicates``, up to 20 example pairs ``{"id", "train_id", "distance"}``
 (exact duplicates first, then near ones by increasing distance), and
@@ -50,8 +52,9 @@ import numpy as np
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
+from distill_eval.data import Dataset, require_finite_inputs
 from distill_eval.errors import DataError
-from distill_eval.metrics.stats import wilson_interval
+from distill_eval.outputs import result_key
 
 #: how many duplicate pairs the results list
 MAX_EXAMPLES = 20
@@ -88,33 +91,84 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     near = params["near"]
     if near:
         for data in (evaluation, train):
-            rows = ~np.isfinite(data.x.reshape(data.n, -1)).all(axis=1)
-            if rows.any():
-                raise DataError(
-                    f"dataset '{data.name}' has {int(rows.sum())} example(s) with NaN or infinite inputs "
-                    f"(first: id {data.ids[np.argmax(rows)]!r}); near-duplicate search needs finite inputs"
-                )
+            require_finite_inputs(data, purpose="near-duplicate search (near = true)")
         if params["near_distance"] is None and train.n < 2:
             raise DataError(
                 f"dataset '{train.name}' has a single example; the default 'near_distance' needs at least 2 "
                 "(give 'near_distance' explicitly)"
             )
-    found = M.find_duplicates(evaluation.x, train.x, near=near, near_distance=params["near_distance"])
+    found = _duplicates(ctx, evaluation, train, near=near, near_distance=params["near_distance"])
 
     n = evaluation.n
     n_exact, n_near = found.n_exact, found.n_near
     leaked = n_exact + n_near
     values = {
-        "exact_duplicates": Metric(float(n_exact), (float(n_exact), float(n_exact))),
-        "near_duplicates": Metric(float(n_near), (float(n_near), float(n_near)))
-        if near
-        else Metric(None, None, "near = false"),
-        "duplicate_rate": Metric(leaked / n, wilson_interval(leaked, n, confidence=ctx.suite.confidence)),
+        "exact_duplicates": Metric.exact(n_exact),
+        "near_duplicates": Metric.exact(n_near) if near else Metric(None, None, "near = false"),
+        "duplicate_rate": Metric.exact(leaked / n),
     }
     extras: dict[str, Any] = {"duplicates": _examples(found, evaluation.ids, train.ids)}
     if near:
         extras["near_distance"] = found.near_distance
     return Measurement(values, extras=extras, n=n)
+
+
+def _duplicates(
+    ctx: CheckContext, evaluation: Dataset, train: Dataset, *, near: bool, near_distance: float | None
+) -> M.Duplicates:
+    """:func:`~distill_eval.metrics.find_duplicates`, from the run's cache when the same inputs were searched before.
+
+    The key hashes both datasets' inputs (not their files: a dataset from a hook
+    has no file hash, and label_column changes what is an input), the options
+    and the search's code. The entry holds one row per evaluation example:
+    the matched training row, the distance and the match (0 none, 1 exact,
+    2 near).
+    """
+    cache = ctx.cache
+    key = None
+    if cache is not None:
+        key = result_key(
+            "leakage",
+            arrays={"x_eval": evaluation.x, "x_train": train.x},
+            settings={"near": near, "near_distance": near_distance},
+            code=("distill_eval.metrics.leakage",),
+        )
+        table, info, warning = cache.load(key)
+        if warning:
+            ctx.log(warning)
+        if table is not None and table.shape == (evaluation.n, 3):
+            ctx.log(f"duplicates of {evaluation.n:,} examples among {train.n:,} from cache")
+            match = table[:, 2]
+            threshold = info.get("near_distance")
+            return M.Duplicates(
+                train_index=table[:, 0].astype(np.int64),
+                distance=table[:, 1],
+                exact=match == 1,
+                near=match == 2,
+                near_distance=float(threshold) if threshold is not None else None,
+            )
+    what = f"near-duplicate search of '{evaluation.name}' in '{train.name}'"
+    with ctx.progress(what, evaluation.n) as progress:
+        found = M.find_duplicates(
+            evaluation.x,
+            train.x,
+            near=near,
+            near_distance=near_distance,
+            progress=progress.update,
+        )
+    if cache is not None and key is not None:
+        match = np.where(found.exact, 1.0, np.where(found.near, 2.0, 0.0))
+        table = np.column_stack([found.train_index.astype(np.float64), found.distance, match])
+        info = {
+            "kind": "leakage",
+            "dataset": evaluation.name,
+            "train": train.name,
+            "datasets": {evaluation.name: evaluation.sha256, train.name: train.sha256},
+            "near_distance": found.near_distance,
+            "check": ctx.check.id,
+        }
+        cache.store(key, table, info)
+    return found
 
 
 def _examples(found: M.Duplicates, eval_ids: np.ndarray, train_ids: np.ndarray) -> list[dict[str, Any]]:

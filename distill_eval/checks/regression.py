@@ -460,6 +460,7 @@ def _check_same_data(ctx: CheckContext, doc: Mapping[str, Any], path: Path, ids:
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    ctx.require_labels_for(("accuracy_drop", "ece_increase", "negative_flip_rate"))
     return _paired(ctx, params) if params.get("baseline") else _stored(ctx, params)
 
 

@@ -8,6 +8,7 @@ teacher) and the gap (teacher − student).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -19,10 +20,11 @@ from distill_eval import expr
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader, describe
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric, SliceMeasurement
-from distill_eval.checks.discovery import discover
+from distill_eval.checks.discovery import Discovered, discover
 from distill_eval.checks.intervals import Intervals
 from distill_eval.data import ids_file_mask
 from distill_eval.errors import CheckError, ExpressionError
+from distill_eval.outputs import result_key
 
 SLICE_METRICS = ("retention", "gap", "student_score")
 
@@ -125,10 +127,10 @@ class _Fields(Mapping[str, np.ndarray]):
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
-    teacher, student = ctx.pair()
     data = ctx.dataset
-    if params["metric"] == "accuracy":
-        y = ctx.labels
+    y = ctx.labels if params["metric"] == "accuracy" else None  # before the models: no labels, no work
+    teacher, student = ctx.pair()
+    if y is not None:
         teacher_hit = teacher.preds == y
         student_hit = student.preds == y
     else:
@@ -192,18 +194,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     worst_gap = _worst(well, "gap", max, cis.get("worst_gap"))
     extras: dict[str, Any] = {"metric": params["metric"], "min_support": min_support}
     if params["discover"]:
-        found = discover(
-            fields,
-            ids=data.ids,
-            x=data.x,
-            teacher_logits=teacher.logits,
-            teacher_hit=teacher_hit,
-            student_hit=student_hit,
-            min_support=min_support,
-            top=params["discover_top"],
-            rng=ctx.rng_for("discover"),
-            alpha=1 - ctx.suite.confidence,
-        )
+        found = _discover(ctx, fields, teacher.logits, teacher_hit, student_hit, min_support, params["discover_top"])
         extras["discovered"] = [d.to_json() for d in found]
     return Measurement(
         {"worst_retention": worst_retention, "worst_gap": worst_gap},
@@ -211,6 +202,73 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         extras=extras,
         n=data.n,
     )
+
+
+def _discover(
+    ctx: CheckContext,
+    fields: _Fields,
+    teacher_logits: np.ndarray,
+    teacher_hit: np.ndarray,
+    student_hit: np.ndarray,
+    min_support: int,
+    top: int,
+) -> list[Discovered]:
+    """:func:`~distill_eval.checks.discovery.discover`, from the run's cache when it searched the same before.
+
+    The key hashes everything the search reads (inputs, ids, labels, meta
+    columns, the teacher's logits, who is right where), its options and seed,
+    and the code of the search and of the ``where`` language; the entry holds
+    the found groups as JSON bytes.
+    """
+    data = ctx.dataset
+    rng = ctx.rng_for("discover")
+    alpha = 1 - ctx.suite.confidence
+    cache = ctx.cache
+    key = None
+    if cache is not None:
+        arrays = {"x": data.x, "ids": data.ids, "y": data.y, "teacher_logits": teacher_logits}
+        arrays.update(teacher_hit=teacher_hit, student_hit=student_hit)
+        arrays.update({f"meta.{name}": column for name, column in data.meta.items()})
+        settings = {"min_support": min_support, "top": top, "alpha": alpha, "rng": rng.bit_generator.state}
+        code = ("distill_eval.checks.discovery", "distill_eval.checks.slices", "distill_eval.expr")
+        key = result_key("discovery", arrays=arrays, settings=settings, code=code)
+        stored, _, warning = cache.load(key)
+        if warning:
+            ctx.log(warning)
+        if stored is not None and stored.dtype == np.uint8 and stored.ndim == 1:
+            try:
+                found = [Discovered.from_json(doc) for doc in json.loads(stored.tobytes().decode())]
+            except (ValueError, KeyError, TypeError):  # written by other code: recompute
+                found = None
+            if found is not None:
+                ctx.log(f"slice discovery on {data.n:,} examples from cache")
+                return found
+    with ctx.progress(f"slice discovery on {data.n:,} examples", 4, unit="phases") as progress:
+        found = discover(
+            fields,
+            ids=data.ids,
+            x=data.x,
+            teacher_logits=teacher_logits,
+            teacher_hit=teacher_hit,
+            student_hit=student_hit,
+            min_support=min_support,
+            top=top,
+            rng=rng,
+            alpha=alpha,
+            progress=progress.update,
+        )
+    if cache is not None and key is not None:
+        payload = np.frombuffer(json.dumps([d.to_json() for d in found]).encode(), dtype=np.uint8)
+        info = {
+            "kind": "discovery",
+            "dataset": data.name,
+            "datasets": {data.name: data.sha256},
+            "model": ctx.check.student,
+            "teacher": ctx.check.teacher,
+            "check": ctx.check.id,
+        }
+        cache.store(key, payload, info)
+    return found
 
 
 def _nan_extreme(values: np.ndarray, pick) -> np.ndarray:

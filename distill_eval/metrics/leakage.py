@@ -10,6 +10,7 @@ not an exact duplicate but whose nearest training row, by Euclidean distance
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,9 @@ __all__ = ["Duplicates", "default_near_distance", "exact_matches", "find_duplica
 
 #: rows per block when distances are recomputed in float64
 _BLOCK = 65536
+
+#: evaluation rows per nearest-neighbour query (progress is reported between queries)
+_QUERY_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ def find_duplicates(
     near_distance: float | None = None,
     max_rows: int = 2000,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Duplicates:
     """Find the evaluation rows that are exact (and optionally near) duplicates of training rows.
 
@@ -233,6 +238,9 @@ def find_duplicates(
         ``x_train`` with ``max_rows`` and ``seed``.
     max_rows, seed : int
         Passed to :func:`default_near_distance`.
+    progress : callable, optional
+        ``(done, total)``: called after each block of the near-duplicate
+        search, with the evaluation rows searched so far and in all.
 
     Returns
     -------
@@ -265,8 +273,12 @@ def find_duplicates(
             threshold = float(near_distance)
         rest = np.flatnonzero(~exact)
         if len(rest):
-            _, idx = index.kneighbors(e[rest], n_neighbors=1)
-            nearest = idx[:, 0].astype(np.int64)
+            nearest = np.empty(len(rest), dtype=np.int64)
+            for start in range(0, len(rest), _QUERY_ROWS):  # row by row the same answer; blocks say how far
+                block = rest[start : start + _QUERY_ROWS]
+                nearest[start : start + len(block)] = index.kneighbors(e[block], n_neighbors=1)[1][:, 0]
+                if progress is not None:
+                    progress(start + len(block), len(rest))
             d = _distances(e[rest], t, nearest)
             close = d <= threshold
             near_mask[rest[close]] = True
