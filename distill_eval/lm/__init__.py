@@ -19,3 +19,36 @@ therefore never stores them:
 Conventions: the logits at position ``t`` score ``labels[t + 1]``; ``-100`` is not scored; a
 position is scored only when it and the next one are attended, so the last position never is.
 """
+
+from distill_eval.lm.cluster import (
+    SequenceSums,
+    cluster_bootstrap,
+    per_sequence_means,
+    sequence_mean,
+    token_weighted_mean,
+)
+from distill_eval.lm.pairstats import TokenStats, pair_stats, shared_vocab_size, stream_pair_stats
+from distill_eval.lm.tokens import (
+    BYTE_VOCAB_SIZE,
+    TokenDataset,
+    load_byte_corpus,
+    load_token_dataset,
+    token_dataset,
+)
+
+__all__ = [
+    "BYTE_VOCAB_SIZE",
+    "SequenceSums",
+    "TokenDataset",
+    "TokenStats",
+    "cluster_bootstrap",
+    "load_byte_corpus",
+    "load_token_dataset",
+    "pair_stats",
+    "per_sequence_means",
+    "sequence_mean",
+    "shared_vocab_size",
+    "stream_pair_stats",
+    "token_dataset",
+    "token_weighted_mean",
+]

@@ -102,6 +102,8 @@ def test_numpy_and_half_precision_logits_are_upcast_to_float32() -> None:
     want = reference(teacher, student, labels, mask, 3)
     got = pair_stats(teacher, student, labels, mask, vocab_size=V, top_k=3)  # numpy in
     assert_matches(got, want)
+    grad = torch.from_numpy(teacher).requires_grad_()  # logits straight from a training step
+    assert_matches(pair_stats(grad, student, labels, mask, vocab_size=V, top_k=3), want)
     half = pair_stats(
         torch.from_numpy(teacher).bfloat16(), torch.from_numpy(student).bfloat16(), labels, mask, vocab_size=V, top_k=3
     )
