@@ -184,7 +184,9 @@ def pair_stats(
     top_k : int, default 5
         ``k`` of the top-k columns, in ``[1, vocab_size]``.
     chunk_tokens : int, optional
-        Scored tokens per chunk; default about ``2**19 / vocab_size``. Results do not depend on it.
+        Scored tokens per chunk; default about ``2**19 / vocab_size``. Results do not depend on
+        it: bit for bit on one thread; torch's multi-threaded sums over a large vocabulary may
+        round the last bits differently.
     sequence_offset : int, default 0
         Added to the batch row to give :attr:`TokenStats.sequence`.
 
