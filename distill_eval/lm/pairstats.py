@@ -30,7 +30,7 @@ Cross-entropy is ``kl + teacher_entropy``; the change in the label's probability
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -113,6 +113,26 @@ class TokenStats:
     def columns(self) -> dict[str, np.ndarray]:
         """Every column by name (what a cache stores)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, np.ndarray]) -> TokenStats:
+        """Rebuild from :meth:`columns` (e.g. read back from a cache), checking names and lengths.
+
+        Raises
+        ------
+        ValueError
+            When a column is missing or unknown, or the columns differ in length.
+        """
+        names = [f.name for f in fields(cls)]
+        missing, unknown = set(names) - set(columns), set(columns) - set(names)
+        if missing or unknown:
+            raise ValueError(
+                f"token statistics need exactly {names}; missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        lengths = {name: len(columns[name]) for name in names}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"token statistics columns must have one length, got {lengths}")
+        return cls(**{name: np.asarray(columns[name]) for name in names})
 
     @classmethod
     def concatenate(cls, parts: Sequence[TokenStats]) -> TokenStats:

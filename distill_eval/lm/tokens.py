@@ -303,7 +303,8 @@ def token_dataset(
             raise DataError(f"{where}: 'meta_{key}' has shape {column.shape}; expected ({n},), one per sequence")
         clean_meta[key] = column
     if sha256 is None:
-        sha256 = sha256_arrays(token_arr, mask, target, id_arr, salt=name)
+        columns = sorted(clean_meta)
+        sha256 = sha256_arrays(token_arr, mask, target, id_arr, *(clean_meta[c] for c in columns), salt=repr(columns))
     return TokenDataset(
         name=name,
         input_ids=token_arr,
@@ -331,6 +332,11 @@ def _rows(value: Any, key: str, where: str, lengths: np.ndarray | None = None) -
         rows = []
         for i, row in enumerate(value):
             row = np.asarray(_numpy(row))
+            if row.ndim == 0:
+                raise DataError(
+                    f"{where}: '{key}' must be a list of sequences (one list of ids each), got a flat list of "
+                    "numbers; wrap a single sequence in a list"
+                )
             if row.dtype == object or row.ndim != 1:
                 raise DataError(
                     f"{where}: '{key}' sequence {i} must be a flat list of integers, got shape {row.shape} "

@@ -191,6 +191,16 @@ def test_threaded_reductions_over_a_large_vocabulary_only_round_differently() ->
         np.testing.assert_allclose(getattr(ones, name), value, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+def test_columns_round_trip_and_are_checked() -> None:
+    stats = pair_stats(*batch(), vocab_size=V)
+    back = TokenStats.from_columns(stats.columns())
+    assert all(np.array_equal(getattr(back, n), v) for n, v in stats.columns().items())
+    with pytest.raises(ValueError, match=r"missing \['kl'\], unknown \['kld'\]"):
+        TokenStats.from_columns({("kld" if n == "kl" else n): v for n, v in stats.columns().items()})
+    with pytest.raises(ValueError, match="must have one length"):
+        TokenStats.from_columns({**stats.columns(), "js": stats.js[:-1]})
+
+
 def test_the_sequence_offset_shifts_sequence_indices() -> None:
     teacher, student, labels, mask = batch()
     a = pair_stats(teacher, student, labels, mask, vocab_size=V)

@@ -120,6 +120,7 @@ BAD_FILES = [
     ("ids-shape", {"input_ids": IDS, "ids": np.array(["a"])}, r"'ids' has shape \(1,\); expected \(2,\)"),
     ("meta-shape", {"input_ids": IDS, "meta_x": np.ones(3)}, r"'meta_x' has shape \(3,\); expected \(2,\)"),
     ("ragged-lengths", {"input_ids": ragged(), "labels": ragged()[::-1]}, "'labels' sequence 0 has 3 tokens but"),
+    ("flat-list", {"input_ids": np.array([1, 2, 3], dtype=object)}, "got a flat list of numbers; wrap a single"),
     ("nested-rows", {"input_ids": np.array([IDS, IDS], dtype=object)}, "'input_ids' sequence 0 must be a flat list"),
 ]
 
@@ -208,3 +209,15 @@ def test_byte_corpus_options_are_checked(args: tuple, message: str) -> None:
     split, *rest = args
     with pytest.raises(DataError, match=message):
         load_byte_corpus(split, **({"seq_len": rest[0]} if rest else {}))
+
+
+def test_the_content_hash_of_arrays_covers_every_column() -> None:
+    base = token_dataset(IDS, meta={"a": np.array([1, 2])})
+    assert base.sha256 == token_dataset(IDS, meta={"a": np.array([1, 2])}).sha256
+    changed = [
+        token_dataset(IDS, meta={"a": np.array([1, 3])}),
+        token_dataset(IDS, meta={"b": np.array([1, 2])}),
+        token_dataset(IDS, labels=np.where(IDS == 2, -100, IDS), meta={"a": np.array([1, 2])}),
+        token_dataset(IDS, ids=np.array(["p", "q"]), meta={"a": np.array([1, 2])}),
+    ]
+    assert len({base.sha256, *(d.sha256 for d in changed)}) == 5
