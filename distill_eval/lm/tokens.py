@@ -1,10 +1,10 @@
 """Token datasets: ``.npz`` / ``.pt`` files of token ids, and a built-in byte-level corpus.
 
-A :class:`TokenDataset` holds ``S`` sequences as right-aligned arrays of shape ``(S, L)``:
-``input_ids``, ``attention_mask`` and ``labels`` in the Hugging Face *unshifted* convention
-(``labels`` is aligned with ``input_ids``; the logits at position ``t`` score ``labels[t + 1]``;
-``-100`` marks a token that is not scored, e.g. a prompt or padding). Ragged sequences are
-padded on the right with :data:`PAD_ID`-free zeros, attention 0 and label ``-100``.
+A :class:`TokenDataset` holds ``S`` sequences as arrays of shape ``(S, L)``: ``input_ids``,
+``attention_mask`` and ``labels`` in the Hugging Face *unshifted* convention (``labels`` is
+aligned with ``input_ids``; the logits at position ``t`` score ``labels[t + 1]``; ``-100``
+marks a token that is not scored, e.g. a prompt or padding). Ragged sequences are padded on
+the right with id 0, attention 0 and label ``-100``; left padding given in a file is kept.
 
 File layout (``np.savez`` or ``torch.save`` of a dict):
 
@@ -12,7 +12,7 @@ File layout (``np.savez`` or ``torch.save`` of a dict):
     Integer token ids >= 0: an array of shape ``(S, L)``, or ragged: an object array or
     list of ``S`` one-dimensional sequences.
 ``attention_mask`` (optional)
-    0/1, the same shape (or the same row lengths); default all ones.
+    0/1, the same shape (or the same row lengths); default 1 over every given token.
 ``labels`` (optional)
     Integer ids >= 0 or ``-100``, the same shape; ``-100`` wherever the attention mask is 0.
     Default: ``input_ids`` where attended, else ``-100`` (every next token is scored).
@@ -22,6 +22,9 @@ File layout (``np.savez`` or ``torch.save`` of a dict):
     One value per sequence, usable to slice the results.
 
 Any other key is an error (a misspelt ``attention_mask`` must not be silently ignored).
+Object arrays in an ``.npz`` (ragged rows) are read with an unpickler that builds numpy arrays
+and nothing else, and ``.pt`` files with ``torch.load(weights_only=True)``: loading data never
+runs code from the file.
 """
 
 from __future__ import annotations
