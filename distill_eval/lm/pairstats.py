@@ -8,21 +8,21 @@ of ``chunk_tokens x vocab`` float32 temporaries, whatever the size of the datase
 
 With ``p`` the teacher's and ``q`` the student's next-token distribution, per scored token:
 
-=======================  ============================================================
-``teacher_nll``          ``-log p(y)``, ``y`` the label (``student_nll`` likewise)
-``*_argmax``             ``argmax p`` (first on ties), ``argmax q``
-``*_max_prob``           ``max p``, ``max q``
-``*_entropy``            ``H(p) = -sum p log p`` (nats), ``H(q)``
-``kl``                   forward ``KL(p || q) = sum p (log p - log q)``
-``reverse_kl``           ``KL(q || p)``
-``js``                   ``0.5 KL(p || m) + 0.5 KL(q || m)``, ``m = (p + q) / 2`` (TRL GKD's
-                         JSD at ``beta = 0.5``; scipy's ``jensenshannon(p, q) ** 2``)
-``tvd``                  ``0.5 sum |p - q|``
-``teacher_top_ids``      the teacher's ``top_k`` most likely ids, most likely first, and
-``teacher_top_logprobs`` their log-probs
-``top_k_overlap``        ``|TopK(p) ∩ TopK(q)| / k``
-``student_rank``         how many ids the student ranks strictly above the teacher's argmax
-=======================  ============================================================
+==========================  ============================================================
+``teacher_nll``             ``-log p(y)``, ``y`` the label (``student_nll`` likewise)
+``*_argmax``                ``argmax p`` (first on ties), ``argmax q``
+``*_max_prob``              ``max p``, ``max q``
+``*_entropy``               ``H(p) = -sum p log p`` (nats), ``H(q)``
+``kl``                      forward ``KL(p || q) = sum p (log p - log q)``
+``reverse_kl``              ``KL(q || p)``
+``js``                      ``0.5 KL(p || m) + 0.5 KL(q || m)``, ``m = (p + q) / 2`` (TRL GKD's
+                            JSD at ``beta = 0.5``; scipy's ``jensenshannon(p, q) ** 2``)
+``tvd``                     ``0.5 sum |p - q|``
+``teacher_top_ids``         the teacher's ``top_k`` most likely ids, most likely first, and
+``teacher_top_logprobs``    their log-probs
+``top_k_overlap``           ``|TopK(p) ∩ TopK(q)| / k``
+``student_rank``            how many ids the student ranks strictly above the teacher's argmax
+==========================  ============================================================
 
 Cross-entropy is ``kl + teacher_entropy``; the change in the label's probability is
 ``exp(-student_nll) - exp(-teacher_nll)``.
