@@ -311,3 +311,14 @@ def test_the_driver_checks_what_the_models_return() -> None:
         stream_pair_stats(data, teacher, TinyLM(1, 30), vocab_size=V)
     with pytest.raises(ValueError, match="pass vocab_size"):
         stream_pair_stats(data, teacher, teacher)
+
+
+def test_a_batch_without_scored_tokens_gives_empty_columns() -> None:
+    teacher, student, labels, mask = batch()
+    empty = pair_stats(teacher, student, np.full_like(labels, -100), mask, vocab_size=V, top_k=3)
+    full = pair_stats(teacher, student, labels, mask, vocab_size=V, top_k=3)
+    assert empty.n == 0 and empty.teacher_top_ids.shape == (0, 3)
+    both = TokenStats.concatenate([empty, full, empty])
+    for name, value in full.columns().items():
+        assert getattr(empty, name).dtype == value.dtype, name
+        np.testing.assert_array_equal(getattr(both, name), value)
