@@ -1,0 +1,54 @@
+"""Token-level (language-model) evaluation: token datasets, exact paired statistics, sequence bootstrap.
+
+A language-model student outputs logits of shape ``(batch, seq, vocab)``; a whole dataset's
+logits never fit in memory (10^6 tokens x 150k vocab x 2 bytes = 300 GB). This subpackage
+therefore never stores them:
+
+- :mod:`~distill_eval.lm.tokens` reads token datasets (``.npz`` / ``.pt``: ``input_ids``,
+  ``attention_mask``, ``labels`` in the Hugging Face unshifted convention, ``ids``,
+  ``meta_*``) and builds a byte-level corpus from the docstrings of the local Python's
+  standard library (no download).
+- :mod:`~distill_eval.lm.pairstats` runs teacher and student on the same batch and reduces
+  both logits, in float32 and in chunks of tokens, to a few numbers per scored token
+  (label log-probs, argmaxes, max probs, entropies, forward and reverse KL, JS, TVD, top-k),
+  then drops the logits.
+- :mod:`~distill_eval.lm.cluster` turns per-token values into token-weighted and
+  per-sequence means, and bootstraps them by resampling *sequences* (tokens of one sequence
+  are not independent) through :func:`distill_eval.metrics.sums.bootstrap_sums`.
+
+Conventions: the logits at position ``t`` score ``labels[t + 1]``; ``-100`` is not scored; a
+position is scored only when it and the next one are attended, so the last position never is.
+"""
+
+from distill_eval.lm.cluster import (
+    SequenceSums,
+    cluster_bootstrap,
+    per_sequence_means,
+    sequence_mean,
+    token_weighted_mean,
+)
+from distill_eval.lm.pairstats import TokenStats, pair_stats, shared_vocab_size, stream_pair_stats
+from distill_eval.lm.tokens import (
+    BYTE_VOCAB_SIZE,
+    TokenDataset,
+    load_byte_corpus,
+    load_token_dataset,
+    token_dataset,
+)
+
+__all__ = [
+    "BYTE_VOCAB_SIZE",
+    "SequenceSums",
+    "TokenDataset",
+    "TokenStats",
+    "cluster_bootstrap",
+    "load_byte_corpus",
+    "load_token_dataset",
+    "pair_stats",
+    "per_sequence_means",
+    "sequence_mean",
+    "shared_vocab_size",
+    "stream_pair_stats",
+    "token_dataset",
+    "token_weighted_mean",
+]
