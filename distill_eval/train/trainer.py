@@ -848,7 +848,12 @@ class _Phase:
         if missing_only and path.is_file():
             return
         model = copy.deepcopy(self.model).cpu().float().eval()
-        example = self.run.train_x[: max(2, min(8, len(self.run.train_x)))]
+        rows = self.run.train_x[: max(2, min(8, len(self.run.train_x)))]
+        # torch.export saves its example inputs in the .pt2, and a slice of the training set
+        # is a view whose whole storage (every training row) would be saved with it. Zeros of
+        # the same shape and dtype trace the same graph and leak nothing; tracing TorchScript
+        # follows the values, so it gets real rows, which a traced module does not keep.
+        example = torch.zeros_like(rows, memory_format=torch.contiguous_format)
         with warnings.catch_warnings():
             # TorchScript is deprecated in current PyTorch; exporting is not the user's mistake.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -857,7 +862,7 @@ class _Phase:
                 try:
                     program: Any = torch.jit.script(model)
                 except Exception:  # noqa: BLE001 — not scriptable: fall back to tracing on an example batch
-                    program = torch.jit.trace(model, example)
+                    program = torch.jit.trace(model, rows)
                 atomic_write(path, lambda f: torch.jit.save(program, f))
                 return
             batch = torch.export.Dim("batch", min=1)

@@ -148,6 +148,26 @@ def test_tiny_run_writes_loadable_students_a_manifest_and_a_checkpoint(tmp_path:
     assert progress[2].startswith("control epoch 1/2")
 
 
+def test_an_exported_student_holds_its_weights_and_no_training_rows(tmp_path: Path) -> None:
+    # torch.export keeps its example inputs in the .pt2; a slice of the training set as the
+    # example once saved the slice's whole storage, i.e. every training row, with the student.
+    config = make_config(tmp_path, control=True)
+    result = train(config, log=None)
+    train_x = np.ascontiguousarray(load_dataset(config.train).x)
+    assert len(train_x) > 1000
+    rows = {row.tobytes() for row in train_x}
+    for path in (result.student_path, result.control_path):
+        assert path is not None
+        blob = path.read_bytes()
+        module = load_model(ModelSpec(name="student", path=path)).module
+        params = sum(p.numel() * p.element_size() for p in module.parameters())
+        assert params == (64 * 8 + 8 + 8 * 10 + 10) * 4
+        # the weights plus a graph description of a few kB; the training set alone is 322 kB
+        assert len(blob) < params + 64 * 1024, f"{path.name} is {len(blob)} bytes for {params} bytes of weights"
+        leaked = [row for row in rows if row in blob]
+        assert not leaked, f"{len(leaked)} training rows are stored in {path.name}"
+
+
 def test_torchscript_format_writes_pt_files_with_a_dynamic_batch(tmp_path: Path) -> None:
     document_config = make_config(tmp_path)
     config = parse_train_config(
