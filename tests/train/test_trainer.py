@@ -21,7 +21,7 @@ from distill_eval.cli import main
 from distill_eval.config import DatasetSpec, ModelSpec, ProjectConfig
 from distill_eval.data import load_builtin, load_dataset
 from distill_eval.errors import ConfigError, ModelError
-from distill_eval.models import load_model
+from distill_eval.models import load_model, torchscript_deprecation_ignored
 from distill_eval.outputs import OutputCache
 from distill_eval.session import DistillSession, output_cache_key
 from distill_eval.train import (
@@ -770,10 +770,7 @@ def test_a_trained_teacher_cannot_be_passed_in_and_a_loaded_one_is_never_deleted
 
 def test_a_torchscript_teacher_is_frozen_and_distilled_from(tmp_path: Path) -> None:
     """The user's most common teacher: a TorchScript file (which refuses module.requires_grad_)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, and everywhere
+    with torchscript_deprecation_ignored():
         torch.jit.trace(digits_teacher(), torch.zeros(1, 64)).save(str(tmp_path / "teacher.pt"))
     config = make_config(tmp_path)
     document = dict(config.document, teacher={"path": "teacher.pt"})
