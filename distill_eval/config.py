@@ -7,12 +7,11 @@ check that silently does nothing.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from distill_eval._suggest import did_you_mean, one_of
 from distill_eval._tables import TableReader

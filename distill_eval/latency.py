@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distill_eval.errors import ModelError
+from distill_eval.models import torchscript_deprecation_ignored
 
 if TYPE_CHECKING:
     from distill_eval.models import Model
@@ -180,9 +180,7 @@ def time_interleaved(
     t_ns: list[int] = []
     s_ns: list[int] = []
     first: list[bool] = []
-    with _torch_threads(threads) as used, torch.inference_mode(), warnings.catch_warnings():
-        # TorchScript modules warn that TorchScript is deprecated; that is the user's file format
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with _torch_threads(threads) as used, torch.inference_mode(), torchscript_deprecation_ignored():
         for _ in range(warmup):
             _time_one(teacher)
             _time_one(student)

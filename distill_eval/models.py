@@ -9,6 +9,7 @@ unless the model's table says ``trusted = true``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.util
 import io
@@ -17,7 +18,7 @@ import logging
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,43 @@ from distill_eval._hashing import sha256_arrays, sha256_file, sha256_json
 from distill_eval.config import ModelSpec
 from distill_eval.errors import ModelError
 
-__all__ = ["Model", "load_model", "model_fingerprint", "resolve_device", "wrap_model"]
+__all__ = [
+    "Model",
+    "load_model",
+    "model_fingerprint",
+    "resolve_device",
+    "torchscript_deprecation_ignored",
+    "wrap_model",
+]
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+# The start of PyTorch's notice on torch.jit.script/trace/trace_method/save/load: "`torch.jit.load`
+# is deprecated. ..." (and, on Python 3.14+, "... is not supported in Python 3.14+ and may break").
+_TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is (deprecated|not supported in Python 3\.14)"
+
+
+@contextlib.contextmanager
+def torchscript_deprecation_ignored() -> Iterator[None]:
+    """Ignore PyTorch's notice that TorchScript is deprecated, and no other warning.
+
+    TorchScript is deprecated in current PyTorch but still everywhere: the plugin loads
+    and times users' TorchScript files and the trainer can write them, so the notice is
+    about a file format the user chose, not a defect. torch 2.13 raises it as a
+    ``DeprecationWarning`` and torch 2.14 as a ``FutureWarning``; under
+    ``filterwarnings = error`` either would fail a run. Every other warning, of those
+    categories too, still goes through.
+
+    Yields
+    ------
+    None
+        Inside the ``with`` block the notice is ignored; the caller's filters come back after it.
+    """
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", message=_TORCHSCRIPT_DEPRECATED, category=category)
+        yield
 
 
 @dataclass
@@ -245,8 +279,7 @@ def _torch_model(name: str, module: Any, *, device: str, format: str, exported: 
     params = sum(int(p.numel()) for p in module.parameters()) if hasattr(module, "parameters") else None
 
     def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.inference_mode(), torchscript_deprecation_ignored():
             out = module(torch.from_numpy(np.ascontiguousarray(x)).to(device))
         if isinstance(out, (tuple, list)):
             out = out[0]
@@ -407,10 +440,7 @@ def _load_torch_file(spec: ModelSpec, path: Path, device: str) -> Model:
 
     if _is_torchscript(path):
         try:
-            with warnings.catch_warnings():
-                # TorchScript is deprecated in current PyTorch but everywhere in the wild;
-                # its warning is about the user's file format, not their model.
-                warnings.simplefilter("ignore", DeprecationWarning)
+            with torchscript_deprecation_ignored():
                 module = torch.jit.load(str(path), map_location=device)
         except Exception as e:
             raise ModelError(f"model '{spec.name}': cannot load TorchScript file {path}: {e}") from e

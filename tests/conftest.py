@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill_eval.models import torchscript_deprecation_ignored
 from distill_eval.train.zoo import digits_student
 
 
@@ -52,9 +52,7 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> SavedModels:
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     module = digits_student(hidden=(8,)).eval()
-    with warnings.catch_warnings():
-        # torch.jit.script/trace are deprecated in current PyTorch; making the files is not under test.
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with torchscript_deprecation_ignored():  # making the files is not under test
         torch.jit.script(module).save(str(folder / "scripted.pt"))
         torch.jit.trace(module, torch.zeros(2, 64)).save(str(folder / "traced.pt"))
     batch = torch.export.Dim("batch", min=1)

@@ -8,6 +8,7 @@ import json
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,14 @@ from sklearn.linear_model import LogisticRegression
 
 from distill_eval.config import ModelSpec
 from distill_eval.errors import ModelError
-from distill_eval.models import load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
+from distill_eval.models import (
+    load_model,
+    model_fingerprint,
+    parameter_fingerprint,
+    resolve_device,
+    torchscript_deprecation_ignored,
+    wrap_model,
+)
 from distill_eval.train.zoo import digits_student
 
 #: float32 inference of the same graph; only summation order may differ between runtimes
@@ -41,6 +49,34 @@ def test_serialised_module_gives_the_original_logits(saved_models, attr: str, fm
     assert model.format == fmt and model.name == "student"
     assert model.params == sum(p.numel() for p in saved_models.module.parameters())
     np.testing.assert_allclose(model.predict_logits(saved_models.x), saved_models.reference(), **TOL)
+
+
+def test_only_torchscripts_deprecation_notice_is_ignored() -> None:
+    module = digits_student(hidden=(8,)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # torch 2.13 warns with DeprecationWarning, 2.14 with FutureWarning: neither gets through
+        with pytest.warns((DeprecationWarning, FutureWarning), match=r"`torch\.jit\.script` is deprecated"):
+            torch.jit.script(module)
+        with torchscript_deprecation_ignored():
+            buffer = io.BytesIO()
+            torch.jit.trace(module, torch.zeros(2, 64))
+            torch.jit.save(torch.jit.script(module), buffer)
+            buffer.seek(0)
+            torch.jit.load(buffer)
+            for category in (DeprecationWarning, FutureWarning):
+                warnings.warn("`torch.jit.load` is deprecated.", category, stacklevel=1)
+            # anything else still goes through, of the same categories and from torch.jit too
+            for message, category in [
+                ("`torch.load` is deprecated", FutureWarning),
+                ("the `optimize` argument is deprecated", DeprecationWarning),
+                ("`torch.jit.trace` is deprecated", UserWarning),
+            ]:
+                with pytest.raises(category, match=re.escape(message)):
+                    warnings.warn(message, category, stacklevel=1)
+        # and the notice is back after the block
+        with pytest.raises((DeprecationWarning, FutureWarning), match="is deprecated"):
+            torch.jit.script(module)
 
 
 @pytest.mark.parametrize("attr", ["exported", "torchscript"])

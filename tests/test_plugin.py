@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import digits
@@ -13,6 +12,7 @@ import torch
 from scipy.stats import binomtest
 
 from distill_eval.data import load_builtin
+from distill_eval.models import torchscript_deprecation_ignored
 from distill_eval.train import zoo
 
 WEIGHTS = digits.WEIGHTS
@@ -267,8 +267,7 @@ def test_missing_suites_folder_is_a_usage_error(pytester: pytest.Pytester) -> No
 
 
 def _save_torchscript(module: torch.nn.Module, path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, and still everywhere
+    with torchscript_deprecation_ignored():
         torch.jit.script(module.eval()).save(str(path))
 
 
@@ -292,7 +291,8 @@ path = "student.pt"
 path = "test.npz"
 """
     write(pytester, {"gate": GATE}, pyproject)
-    result = run(pytester, "--distill", "-W", "error::DeprecationWarning")
+    # torch 2.13 says TorchScript is deprecated with a DeprecationWarning, 2.14 with a FutureWarning
+    result = run(pytester, "--distill", "-W", "error::DeprecationWarning", "-W", "error::FutureWarning")
     result.assert_outcomes(passed=2)
     doc = results(pytester)
     assert doc["models"]["teacher"]["format"] == "torchscript"

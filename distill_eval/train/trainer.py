@@ -56,7 +56,6 @@ import functools
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +71,15 @@ from distill_eval._io import atomic_write
 from distill_eval.config import ModelSpec
 from distill_eval.data import Dataset, load_dataset
 from distill_eval.errors import ConfigError, DataError, ModelError
-from distill_eval.models import Model, load_model, model_fingerprint, parameter_fingerprint, resolve_device, wrap_model
+from distill_eval.models import (
+    Model,
+    load_model,
+    model_fingerprint,
+    parameter_fingerprint,
+    resolve_device,
+    torchscript_deprecation_ignored,
+    wrap_model,
+)
 from distill_eval.outputs import OutputCache, compute_logits
 from distill_eval.results import environment
 from distill_eval.session import output_cache_key
@@ -848,28 +855,30 @@ class _Phase:
         if missing_only and path.is_file():
             return
         model = copy.deepcopy(self.model).cpu().float().eval()
-        example = self.run.train_x[: max(2, min(8, len(self.run.train_x)))]
-        with warnings.catch_warnings():
-            # TorchScript is deprecated in current PyTorch; exporting is not the user's mistake.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            if self.run.config.output.format == "torchscript":
+        rows = self.run.train_x[: max(2, min(8, len(self.run.train_x)))]
+        # torch.export saves its example inputs in the .pt2, and a slice of the training set
+        # is a view whose whole storage (every training row) would be saved with it. Zeros of
+        # the same shape and dtype trace the same graph and leak nothing; tracing TorchScript
+        # follows the values, so it gets real rows, which a traced module does not keep.
+        example = torch.zeros_like(rows, memory_format=torch.contiguous_format)
+        if self.run.config.output.format == "torchscript":
+            with torchscript_deprecation_ignored():  # the user asked for TorchScript
                 try:
                     program: Any = torch.jit.script(model)
                 except Exception:  # noqa: BLE001 — not scriptable: fall back to tracing on an example batch
-                    program = torch.jit.trace(model, example)
+                    program = torch.jit.trace(model, rows)
                 atomic_write(path, lambda f: torch.jit.save(program, f))
-                return
-            batch = torch.export.Dim("batch", min=1)
-            try:
-                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            except Exception as e:
-                raise ModelError(
-                    f"cannot export the {self.name} with a dynamic batch dimension ({type(e).__name__}: "
-                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                    'try [output] format = "torchscript"'
-                ) from e
-            atomic_write(path, lambda f: torch.export.save(program, f))
+            return
+        batch = torch.export.Dim("batch", min=1)
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        except Exception as e:
+            raise ModelError(
+                f"cannot export the {self.name} with a dynamic batch dimension ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                'try [output] format = "torchscript"'
+            ) from e
+        atomic_write(path, lambda f: torch.export.save(program, f))
 
     # -- checkpoint --------------------------------------------------------------
 

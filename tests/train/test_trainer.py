@@ -21,7 +21,7 @@ from distill_eval.cli import main
 from distill_eval.config import DatasetSpec, ModelSpec, ProjectConfig
 from distill_eval.data import load_builtin, load_dataset
 from distill_eval.errors import ConfigError, ModelError
-from distill_eval.models import load_model
+from distill_eval.models import load_model, torchscript_deprecation_ignored
 from distill_eval.outputs import OutputCache
 from distill_eval.session import DistillSession, output_cache_key
 from distill_eval.train import (
@@ -146,6 +146,26 @@ def test_tiny_run_writes_loadable_students_a_manifest_and_a_checkpoint(tmp_path:
     assert len(progress) == 4
     assert progress[0].startswith("student epoch 1/2") and "val_agreement" in progress[0]
     assert progress[2].startswith("control epoch 1/2")
+
+
+def test_an_exported_student_holds_its_weights_and_no_training_rows(tmp_path: Path) -> None:
+    # torch.export keeps its example inputs in the .pt2; a slice of the training set as the
+    # example once saved the slice's whole storage, i.e. every training row, with the student.
+    config = make_config(tmp_path, control=True)
+    result = train(config, log=None)
+    train_x = np.ascontiguousarray(load_dataset(config.train).x)
+    assert len(train_x) > 1000
+    rows = {row.tobytes() for row in train_x}
+    for path in (result.student_path, result.control_path):
+        assert path is not None
+        blob = path.read_bytes()
+        module = load_model(ModelSpec(name="student", path=path)).module
+        params = sum(p.numel() * p.element_size() for p in module.parameters())
+        assert params == (64 * 8 + 8 + 8 * 10 + 10) * 4
+        # the weights plus a graph description of a few kB; the training set alone is 322 kB
+        assert len(blob) < params + 64 * 1024, f"{path.name} is {len(blob)} bytes for {params} bytes of weights"
+        leaked = [row for row in rows if row in blob]
+        assert not leaked, f"{len(leaked)} training rows are stored in {path.name}"
 
 
 def test_torchscript_format_writes_pt_files_with_a_dynamic_batch(tmp_path: Path) -> None:
@@ -750,10 +770,7 @@ def test_a_trained_teacher_cannot_be_passed_in_and_a_loaded_one_is_never_deleted
 
 def test_a_torchscript_teacher_is_frozen_and_distilled_from(tmp_path: Path) -> None:
     """The user's most common teacher: a TorchScript file (which refuses module.requires_grad_)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, and everywhere
+    with torchscript_deprecation_ignored():
         torch.jit.trace(digits_teacher(), torch.zeros(1, 64)).save(str(tmp_path / "teacher.pt"))
     config = make_config(tmp_path)
     document = dict(config.document, teacher={"path": "teacher.pt"})
