@@ -14,6 +14,7 @@ reports are imported once ``--distill`` is given.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from distill_eval.baseline import Acceptance
 
 ACCEPTANCE_KEY: pytest.StashKey[Acceptance] = pytest.StashKey()
+SYS_PATH_KEY: pytest.StashKey[str] = pytest.StashKey()  # the project root this plugin put on sys.path
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -158,6 +160,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except DistillError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[PROJECT_KEY] = project
+    # Factory modules and conftest helpers of the project import as they do from its root, wherever
+    # pytest was started (`cd suites && pytest --distill`); taken off again in pytest_unconfigure.
+    sys.path.insert(0, str(project.rootdir))
+    config.stash[SYS_PATH_KEY] = str(project.rootdir)
     verbose = config.get_verbosity() >= 0
 
     def log(message: str) -> None:
@@ -207,7 +213,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     config = parent.config
     if file_path.suffix != ".toml" or PROJECT_KEY not in config.stash or not _is_suite(config, file_path):
         return None
-    return SuiteFile.from_parent(parent, path=file_path)
+    # Node ids relative to the project root, as results.json's files are, whatever pytest's rootdir.
+    root = config.stash[PROJECT_KEY].rootdir
+    nodeid = file_path.relative_to(root).as_posix() if file_path.is_relative_to(root) else None
+    return SuiteFile.from_parent(parent, path=file_path, nodeid=nodeid)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -221,7 +230,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     from distill_eval import xdist
 
     if xdist.is_worker(item.config):
-        xdist.attach(report, item, item.result)
+        xdist.attach(report, item, item.result, again=item.escalated)
     return report
 
 
@@ -281,3 +290,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             cache = cache.relative_to(config.invocation_params.dir)
         held = f"{entries} {'entry' if entries == 1 else 'entries'}, {format_size(size)}"
         terminalreporter.write_line(f"output cache: {held} in {cache}/ (distill-eval cache lists them)")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    entry = config.stash.get(SYS_PATH_KEY, None)
+    if entry is not None and entry in sys.path:
+        sys.path.remove(entry)  # the first occurrence: the one pytest_configure put in front

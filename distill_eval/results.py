@@ -143,14 +143,16 @@ def build_results(
 ) -> dict[str, Any]:
     """The results.json document: every suite with its checks, in run order.
 
-    ``root`` (the project under test) adds its git commit to the environment;
+    ``root`` (the project under test) adds its git commit to the environment, and suite files
+    are recorded relative to it;
     ``device`` the device the models ran on.
     """
     results = list(results)
     suites: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
+        file = project_file(r.file, root)
         suite = suites.setdefault(
-            (r.file, r.suite), {"name": r.suite, "file": r.file, "gate": r.suite_gate or r.gate, "checks": []}
+            (file, r.suite), {"name": r.suite, "file": file, "gate": r.suite_gate or r.gate, "checks": []}
         )
         suite["checks"].append(r.to_json())
     counts = {o: sum(r.outcome == o for r in results) for o in OUTCOMES}
@@ -170,6 +172,17 @@ def build_results(
         },
         "suites": list(suites.values()),
     }
+
+
+def project_file(file: str | Path, root: Path | None) -> str:
+    """A suite file as results.json records it: relative to the project root (POSIX) when inside it.
+
+    So that results, and the baselines made from them, do not depend on where pytest was started.
+    """
+    path = Path(file)
+    if root is not None and path.is_absolute() and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(file)
 
 
 def write_json(path: Path, doc: Mapping[str, Any]) -> None:

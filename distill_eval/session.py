@@ -168,7 +168,7 @@ class DistillSession:
             if obj is not None:
                 model = wrap_model(name, obj, device=self.device, format="hook")
             else:
-                model = load_model(spec, device=self.device)
+                model = load_model(spec, device=self.device, root=self.project.rootdir)
             self._models[name] = model
             self._log(
                 f"loaded model '{name}' ({model.format}, {spec.describe()}) in {time.perf_counter() - start:.2f} s"

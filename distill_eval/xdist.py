@@ -97,9 +97,13 @@ def _to_wire(result: CheckResult, index: int) -> dict[str, Any]:
     return json.loads(json.dumps(wire, default=str))
 
 
-def attach(report: pytest.TestReport, item: pytest.Item, result: CheckResult | None) -> None:
-    """In a worker: carry ``result`` on the setup report of ``item``, with the item's place in the collection."""
-    if result is None or report.when != "setup":
+def attach(report: pytest.TestReport, item: pytest.Item, result: CheckResult | None, *, again: bool = False) -> None:
+    """In a worker: carry ``result`` on the setup report of ``item``, with the item's place in the collection.
+
+    ``again`` carries it on the call report too, for a result the call changed (a warn check that
+    a warnings filter turned into a failure); the controller keeps the last one it receives.
+    """
+    if result is None or report.when not in (("setup", "call") if again else ("setup",)):
         return
     setattr(report, ATTRIBUTE, _to_wire(result, item.session.items.index(item)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -414,3 +415,69 @@ def test_a_warm_run_reports_the_models_format_and_size_from_the_cache(pytester: 
     assert warm["student"]["loaded"] is False
     assert warm["student"]["format"] == cold["student"]["format"] == "factory"
     assert warm["teacher"]["params"] == cold["teacher"]["params"] == 85002
+
+
+def test_an_override_of_an_unknown_model_or_dataset_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    # a misspelt name must not leave the configured student in place, gated as if it were the candidate
+    _save_torchscript(_digits_module("teacher"), pytester.path / "candidate.pt")
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill", "--distill-model", "studnet=candidate.pt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--distill-model studnet=... names model 'studnet'*(did you mean 'student'?); defined: 'student' or *"]
+    )
+    assert not (pytester.path / "reports").exists()
+    result = run(pytester, "--distill", "--distill-dataset", "tset=sklearn:iris")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--distill-dataset tset=... names dataset 'tset'*(did you mean 'test'?)*"])
+
+
+SEVERITY_WARN = GATE.replace("top1 = 0.95", "top1 = 0.999").replace(
+    'kind = "agreement"', 'kind = "agreement"\nseverity = "warn"'
+)
+
+
+@pytest.mark.parametrize("how", [("-W", "error"), ("-o", "filterwarnings=error")])
+def test_a_warn_check_a_warnings_filter_fails_is_recorded_failed(
+    pytester: pytest.Pytester, how: tuple[str, str]
+) -> None:
+    write(pytester, {"gate": SEVERITY_WARN})
+    result = run(pytester, "--distill", *how)
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*verdict: failed;*"])
+    doc = results(pytester)
+    assert doc["verdict"] == "failed"
+    assert [c["outcome"] for c in doc["suites"][0]["checks"]] == ["passed", "failed"]
+    assert "warnings filter" in doc["suites"][0]["checks"][1]["message"]
+    assert doc["counts"]["failed"] == 1 and doc["counts"]["warned"] == 0
+
+
+def test_run_from_a_subdirectory_imports_the_project_and_keeps_ids(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the student's factory is a module in the project root, which `cd suites` takes off sys.path
+    (pytester.path / "mymodels.py").write_text(
+        "from distill_eval.train.zoo import digits_student\n\ndef student(**kw):\n    return digits_student(**kw)\n"
+    )
+    write(pytester, {"gate": GATE}, PYPROJECT.replace("distill_eval.train.zoo:digits_student", "mymodels:student"))
+    (pytester.path / "suites" / "conftest.py").write_text(
+        "import sys\n\ndef pytest_sessionfinish(session):\n"
+        "    with open(session.config.rootpath / 'path.txt', 'w') as f:\n"
+        "        f.write(repr(sys.path))\n"
+    )
+    from_root = run(pytester, "--distill", "--distill-no-cache", "--junitxml=root.xml")
+    from_root.assert_outcomes(passed=2)
+    root_doc = results(pytester)
+    monkeypatch.chdir(pytester.path / "suites")
+    before = list(sys.path)
+    result = run(pytester, "--distill", "--distill-no-cache", "--junitxml=../sub.xml")
+    after = list(sys.path)
+    result.assert_outcomes(passed=2)
+    assert after == before  # the project root came off sys.path again
+    assert str(pytester.path) in (pytester.path / "path.txt").read_text()
+    doc = results(pytester)
+    assert [s["file"] for s in doc["suites"]] == [s["file"] for s in root_doc["suites"]] == ["suites/gate.toml"]
+    assert doc["suites"][0]["checks"][1]["metrics"] == root_doc["suites"][0]["checks"][1]["metrics"]
+    for xml in ("root.xml", "sub.xml"):
+        assert 'classname="suites.gate.toml.release-gate"' in (pytester.path / xml).read_text()
