@@ -219,6 +219,25 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return SuiteFile.from_parent(parent, path=file_path, nodeid=nodeid)
 
 
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    checks = [item for item in items if isinstance(item, CheckItem)]
+    if not checks:
+        return
+    from distill_eval.results import project_file
+
+    config = checks[0].config
+    state = config.stash[SESSION_KEY]
+    for item in checks:
+        entry = {
+            "suite": item.suite.name,
+            "file": project_file(item.suite.file, state.project.rootdir),
+            "id": item.check.id,
+            "kind": item.check.kind,
+        }
+        if entry not in state.deselected:
+            state.deselected.append(entry)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
@@ -256,7 +275,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if config.getoption("distill_accept"):
         from distill_eval.baseline import accept
 
-        config.stash[ACCEPTANCE_KEY] = accept(state.results, state.written["results.json"], state.project.baseline)
+        config.stash[ACCEPTANCE_KEY] = accept(
+            state.results, state.written["results.json"], state.project.baseline, root=state.project.rootdir
+        )
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -276,9 +297,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     except ValueError:
         pass
     terminalreporter.write_sep("-", "distill_eval")
+    partial = f" (partial run: {len(state.deselected)} check(s) deselected)" if state.deselected else ""
     terminalreporter.write_line(
-        f"verdict: {verdict(state.results)}; reports written to {folder}/ ({', '.join(written)})"
+        f"verdict: {verdict(state.results)}{partial}; reports written to {folder}/ ({', '.join(written)})"
     )
+    if state.deselected:
+        names = ", ".join(f"{d['suite']}::{d['id']}" for d in state.deselected)
+        terminalreporter.write_line(f"deselected, not judged: {names}")
     if ACCEPTANCE_KEY in config.stash:
         terminalreporter.write_line(config.stash[ACCEPTANCE_KEY].describe(config.invocation_params.dir))
     if state.cache.enabled and config.get_verbosity() >= 0:

@@ -126,6 +126,8 @@ class DistillSession:
         self._outputs: dict[tuple[str, str], ModelOutputs] = {}
         self._cached_facts: dict[str, dict[str, Any]] = {}  # params/format of models served from cache
         self.results: list[CheckResult] = []
+        #: checks collected but deselected (``-k``, ``-m``): ``{"suite", "file", "id", "kind"}``, file as in results
+        self.deselected: list[dict[str, str]] = []
         self.warnings: list[str] = []
         self.written: dict[str, Path] = {}  # report files of the last write_reports, by name
         # provenance that pytest-xdist workers reported (distill_eval.xdist); merged into this process's
