@@ -200,23 +200,75 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args[:] = [str(project.suites)]
 
 
-def _is_suite(config: pytest.Config, path: Path) -> bool:
-    project = config.stash[PROJECT_KEY]
-    if path.is_relative_to(project.suites):
-        return True
-    # a .toml named explicitly on the command line is a suite wherever it lives
+def _named(config: pytest.Config, path: Path) -> bool:
+    """Whether ``path`` was named on the command line (alone or with ``::`` node names)."""
     explicit = {Path(config.invocation_params.dir, a.split("::")[0]).resolve() for a in config.args}
     return path.resolve() in explicit
 
 
+def _is_suite(config: pytest.Config, path: Path) -> bool:
+    project = config.stash[PROJECT_KEY]
+    # a .toml named explicitly on the command line is a suite wherever it lives
+    return path.is_relative_to(project.suites) or _named(config, path)
+
+
+class MissingDistillFlag(pytest.File):
+    """A suite file named on the command line without ``--distill``: says how to run it."""
+
+    def collect(self) -> list[pytest.Item]:
+        shown = self.nodeid.split("::")[0] or self.path.name
+        raise self.CollectError(
+            f"{shown} is a distill_eval suite; its checks run only with --distill: python -m pytest --distill {shown}"
+        )
+
+
+def _looks_like_suite(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "[[check]]" in text or "[suite]" in text
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     config = parent.config
-    if file_path.suffix != ".toml" or PROJECT_KEY not in config.stash or not _is_suite(config, file_path):
+    if file_path.suffix != ".toml":
+        return None
+    if PROJECT_KEY not in config.stash:
+        # Without --distill a suite named on the command line would be "not found", which misleads.
+        if not config.getoption("distill") and _named(config, file_path) and _looks_like_suite(file_path):
+            return MissingDistillFlag.from_parent(parent, path=file_path)
+        return None
+    if not _is_suite(config, file_path):
         return None
     # Node ids relative to the project root, as results.json's files are, whatever pytest's rootdir.
     root = config.stash[PROJECT_KEY].rootdir
     nodeid = file_path.relative_to(root).as_posix() if file_path.is_relative_to(root) else None
     return SuiteFile.from_parent(parent, path=file_path, nodeid=nodeid)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from distill_eval import xdist
+
+    if SESSION_KEY not in config.stash or xdist.is_worker(config):
+        # A worker cannot stop the session with a usage error (xdist reports a crash): under -n N each
+        # check that needs a missing file is an error of its own, naming it.
+        return
+    checks = [item.check for item in items if isinstance(item, CheckItem)]
+    # a pytest_distill_load_* hook (a conftest's) may provide a model or dataset without its file
+    hooks = config.pluginmanager.hook
+    missing = config.stash[SESSION_KEY].missing_files(
+        checks,
+        models=not hooks.pytest_distill_load_model.get_hookimpls(),
+        datasets=not hooks.pytest_distill_load_dataset.get_hookimpls(),
+    )
+    if missing:
+        listed = "\n".join(f"  {line}" for line in missing)
+        raise pytest.UsageError(
+            f"{len(missing)} file(s) the selected checks need do not exist; no check ran:\n{listed}\n"
+            "fix the paths in [tool.distill_eval] of pyproject.toml or on the command line"
+        )
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

@@ -196,10 +196,11 @@ def test_severity_warn_warns_and_does_not_fail(pytester: pytest.Pytester) -> Non
 
 
 def test_a_check_that_cannot_be_computed_is_an_error_not_a_failure(pytester: pytest.Pytester) -> None:
-    write(pytester, {"gate": GATE}, PYPROJECT.replace("digits_student.pt", "missing.pt"))
+    (pytester.path / "corrupt.pt").write_bytes(b"these are not weights")
+    write(pytester, {"gate": GATE}, PYPROJECT.replace(str(WEIGHTS / "digits_student.pt"), "corrupt.pt"))
     result = run(pytester, "--distill")
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(["*could not be computed: model 'student': *file not found: *missing.pt*"])
+    result.stdout.fnmatch_lines(["*could not be computed: model 'student': *corrupt.pt*"])
     result.stdout.no_fnmatch_line("*Traceback*")
     doc = results(pytester)
     assert doc["verdict"] == "error"
@@ -481,3 +482,38 @@ def test_run_from_a_subdirectory_imports_the_project_and_keeps_ids(
     assert doc["suites"][0]["checks"][1]["metrics"] == root_doc["suites"][0]["checks"][1]["metrics"]
     for xml in ("root.xml", "sub.xml"):
         assert 'classname="suites.gate.toml.release-gate"' in (pytester.path / xml).read_text()
+
+
+def test_missing_files_are_reported_together_before_any_check_runs(pytester: pytest.Pytester) -> None:
+    pyproject = PYPROJECT.replace("digits_student.pt", "gone.pt").replace(
+        'source = "sklearn:digits"', 'path = "no.npz"'
+    )
+    pyproject += '\n[tool.distill_eval.models.unused]\npath = "also-gone.pt"\n'
+    write(pytester, {"gate": GATE}, pyproject)
+    result = run(pytester, "--distill")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: 2 file(s) the selected checks need do not exist; no check ran:",
+            "  model 'student': weights file not found: *gone.pt",
+            "  dataset 'test': file not found: *no.npz",
+            "fix the paths in [[]tool.distill_eval[]] of pyproject.toml or on the command line",
+        ]
+    )
+    assert "also-gone" not in result.stderr.str()  # a model no selected check uses is not needed
+    assert not (pytester.path / "reports").exists()
+
+
+def test_a_suite_named_without_distill_hints_the_flag(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    for target in ("suites/gate.toml", "suites/gate.toml::release-gate::agreement"):
+        result = run(pytester, target)
+        # a collection error (a usage error when node names follow): never a pass, never "no tests ran"
+        assert result.ret in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
+        result.stdout.fnmatch_lines(
+            [
+                "suites/gate.toml is a distill_eval suite; its checks run only with --distill: "
+                "python -m pytest --distill suites/gate.toml"
+            ]
+        )
+    assert not (pytester.path / "reports").exists()
