@@ -249,9 +249,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SESSION_KEY not in config.stash:
+        return
     from distill_eval import xdist
 
-    if SESSION_KEY not in config.stash or xdist.is_worker(config):
+    if xdist.is_worker(config):
         # A worker cannot stop the session with a usage error (xdist reports a crash): under -n N each
         # check that needs a missing file is an error of its own, naming it.
         return

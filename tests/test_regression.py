@@ -478,3 +478,33 @@ def test_accept_refuses_to_merge_checks_measured_on_another_student(pytester: py
     # a complete run of the new student replaces the baseline
     run("--distill-accept")
     assert json.loads(baseline.read_text())["models"]["student"] != json.loads(before)["models"]["student"]
+
+
+def test_accept_of_some_suite_files_keeps_the_others_but_not_deleted_ones(tmp_path: Path) -> None:
+    def suite(name: str, outcome: str) -> dict:
+        check = {"id": "agreement", "kind": "agreement", "outcome": outcome, "models": {"student": "s"}}
+        return {"name": name, "file": f"suites/{name}.toml", "gate": "estimate", "checks": [check]}
+
+    models = {"s": {"sha256": "ab" * 32}}
+    (tmp_path / "suites").mkdir()
+    for name in ("a", "b"):  # c.toml was deleted since the baseline was accepted
+        (tmp_path / "suites" / f"{name}.toml").write_text("")
+    target, results_file = tmp_path / "baseline.json", tmp_path / "results.json"
+    write_json(
+        target,
+        {"schema": 1, "models": models, "suites": [suite("a", "failed"), suite("b", "passed"), suite("c", "passed")]},
+    )
+    write_json(results_file, {"schema": 1, "models": models, "suites": [suite("a", "passed")], "deselected": []})
+    result = CheckResult(
+        suite="a", file="suites/a.toml", gate="estimate", id="agreement", kind="agreement", outcome="passed"
+    )
+    done = accept([result], results_file, target, root=tmp_path)
+    assert done.written and done.kept == ("b::agreement",)
+    merged = json.loads(target.read_text())
+    assert [(s["name"], s["checks"][0]["outcome"]) for s in merged["suites"]] == [("a", "passed"), ("b", "passed")]
+    assert merged["counts"]["passed"] == 2 and merged["verdict"] == "passed"
+    # the same merge with another student behind the kept check is refused, and writes nothing
+    before = target.read_text()
+    write_json(results_file, {"schema": 1, "models": {"s": {"sha256": "cd" * 32}}, "suites": [suite("a", "passed")]})
+    refused = accept([result], results_file, target, root=tmp_path)
+    assert not refused.written and refused.conflicts and target.read_text() == before
