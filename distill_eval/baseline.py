@@ -125,23 +125,38 @@ def _waiting_for_baseline(result: CheckResult) -> bool:
 
 @dataclass(frozen=True)
 class Acceptance:
-    """What ``--distill-accept`` did: wrote the baseline, or refused and why (checks as ``suite::id``)."""
+    """What ``--distill-accept`` did: wrote the baseline, or refused and why (checks as ``suite::id``).
+
+    ``kept`` are the baseline's stored checks a partial run kept (merged), ``conflicts`` the
+    models or datasets that refused a merge, as sentences.
+    """
 
     path: Path
     written: bool
     errored: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     waiting: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
 
     def describe(self, base: Path | None = None) -> str:
         """One terminal line."""
         where = shown(self.path, base)
+        if self.conflicts:
+            return (
+                f"--distill-accept refused: this run is partial, and the stored results of the baseline {where} "
+                f"it would keep ({', '.join(self.kept)}) were measured with another "
+                f"{'; another '.join(self.conflicts)}; run every check (without -k, -m or paths) to replace them. "
+                "The baseline was not written"
+            )
         if not self.written:
             return (
                 f"--distill-accept refused: {len(self.errored)} check(s) errored ({', '.join(self.errored)}); "
                 f"the baseline {where} was not written"
             )
         line = f"baseline accepted: this run's results stored in {where}"
+        if self.kept:
+            line += f", merged with its stored results of {len(self.kept)} check(s) not run ({', '.join(self.kept)})"
         if self.failed:
             line += f", although {len(self.failed)} check(s) failed ({', '.join(self.failed)})"
         if self.waiting:
@@ -149,7 +164,7 @@ class Acceptance:
         return line
 
 
-def accept(results: Iterable[CheckResult], results_file: Path, path: Path) -> Acceptance:
+def accept(results: Iterable[CheckResult], results_file: Path, path: Path, *, root: Path | None = None) -> Acceptance:
     """Store the run's results document as the accepted baseline, unless a check errored.
 
     Parameters
@@ -157,9 +172,12 @@ def accept(results: Iterable[CheckResult], results_file: Path, path: Path) -> Ac
     results : iterable of CheckResult
         Every check result of the run.
     results_file : Path
-        The results.json this run wrote; its document is stored unchanged.
+        The results.json this run wrote.
     path : Path
         The baseline to write (atomically).
+    root : Path, optional
+        The project root, against which results record suite files; with it, the stored
+        checks of suite files this run did not collect (but that still exist) are kept too.
 
     Returns
     -------
@@ -168,6 +186,12 @@ def accept(results: Iterable[CheckResult], results_file: Path, path: Path) -> Ac
         measured, so the run cannot become the reference. A regression check that
         errored only because no baseline existed yet does not block the run that
         creates it. Failed checks do not block: accepting is the user's decision.
+
+        A complete run replaces the baseline. A partial one (checks deselected with
+        ``-k``/``-m``, or only some suite files named) is merged into it: the stored
+        results of the checks it did not run are kept, unless they were measured with a
+        model or dataset of the same name but other content (sha256) than this run's,
+        which refuses the merge rather than mix two students in one baseline.
     """
     results = list(results)
 
@@ -178,7 +202,88 @@ def accept(results: Iterable[CheckResult], results_file: Path, path: Path) -> Ac
     if errored:
         return Acceptance(Path(path), False, errored=errored)
     doc = json.loads(Path(results_file).read_text(encoding="utf-8"))
+    kept: tuple[str, ...] = ()
+    if Path(path).is_file():
+        try:
+            stored = read_baseline(Path(path))
+        except CheckError:
+            stored = None  # an unreadable baseline is replaced, as before
+        if stored is not None:
+            doc, kept, conflicts = _merge(doc, stored, root)
+            if conflicts:
+                return Acceptance(Path(path), False, kept=kept, conflicts=conflicts)
     write_json(Path(path), doc)
     return Acceptance(
-        Path(path), True, failed=named(lambda r: r.outcome == "failed"), waiting=named(_waiting_for_baseline)
+        Path(path),
+        True,
+        failed=named(lambda r: r.outcome == "failed"),
+        waiting=named(_waiting_for_baseline),
+        kept=kept,
     )
+
+
+def _merge(
+    doc: dict[str, Any], stored: Mapping[str, Any], root: Path | None
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
+    """``doc`` with the stored checks it did not run; also their names and any provenance conflicts."""
+    from distill_eval.results import OUTCOMES, project_file, verdict_of
+
+    deselected = {(d.get("file"), d.get("suite"), d.get("id")) for d in doc.get("deselected") or []}
+    run_files = {s.get("file") for s in doc.get("suites", [])}
+    suites = {(s["file"], s["name"]): s for s in doc.get("suites", [])}
+    kept_checks: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (stored suite, stored check)
+    for s in stored.get("suites", []):
+        file = project_file(str(s.get("file")), root)
+        unrun_file = (
+            root is not None and file not in run_files and not Path(file).is_absolute() and (root / file).is_file()
+        )
+        for check in s.get("checks", []):
+            if (file, s.get("name"), check.get("id")) in deselected or unrun_file:
+                kept_checks.append(({**s, "file": file}, check))
+    kept = tuple(f"{s.get('name')}::{c.get('id')}" for s, c in kept_checks)
+    if not kept_checks:
+        return doc, kept, ()
+
+    # the kept checks' models and datasets must be those this run measured, where it measured them
+    conflicts: list[str] = []
+    models, datasets = dict(doc.get("models") or {}), dict(doc.get("datasets") or {})
+    for table, new, names in (
+        ("models", models, {m for _, c in kept_checks for m in (c.get("models") or {}).values()}),
+        ("datasets", datasets, {c.get("dataset") for _, c in kept_checks if c.get("dataset")}),
+    ):
+        old = stored.get(table) or {}
+        for name in sorted(names):
+            before, now = old.get(name), new.get(name)
+            if before is None:
+                continue
+            if now is None:
+                new[name] = before  # this run did not touch it: the kept checks bring its provenance
+                continue
+            a, b = before.get("sha256") or before.get("fingerprint"), now.get("sha256") or now.get("fingerprint")
+            if a != b:
+                conflicts.append(f"{table[:-1]} '{name}' (sha256 {str(b)[:12]} in this run, {str(a)[:12]} stored)")
+    if conflicts:
+        return doc, kept, tuple(conflicts)
+
+    order = {}  # place of each check in the stored baseline, so a merged suite keeps its file order
+    for s in stored.get("suites", []):
+        for i, c in enumerate(s.get("checks", [])):
+            order[(project_file(str(s.get("file")), root), s.get("name"), c.get("id"))] = i
+    for s, check in kept_checks:
+        key = (s["file"], s["name"])
+        if key not in suites:
+            suites[key] = {k: v for k, v in s.items() if k != "checks"} | {"checks": []}
+        suites[key]["checks"].append(check)
+    for (file, name), suite in suites.items():
+        suite["checks"].sort(key=lambda c, f=file, n=name: order.get((f, n, c.get("id")), len(order)))
+    merged = dict(doc)
+    merged["suites"] = list(suites.values())
+    merged["models"], merged["datasets"] = dict(sorted(models.items())), dict(sorted(datasets.items()))
+    outcomes = [c.get("outcome") for s in merged["suites"] for c in s["checks"]]
+    merged["counts"] = {o: outcomes.count(o) for o in OUTCOMES}
+    merged["verdict"] = verdict_of(outcomes)
+    kept_keys = {(s["file"], s["name"], c.get("id")) for s, c in kept_checks}
+    merged["deselected"] = [
+        d for d in doc.get("deselected") or [] if (d.get("file"), d.get("suite"), d.get("id")) not in kept_keys
+    ]
+    return merged, kept, ()

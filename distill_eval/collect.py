@@ -61,6 +61,7 @@ class CheckItem(pytest.Item):
         self.suite = suite
         self.check = check
         self.result: CheckResult | None = None
+        self.escalated = False  # a warn check that a warnings filter turned into a failure
         # `-k calibration` selects every calibration check, whatever its id
         self.extra_keyword_matches.add(check.kind)
 
@@ -80,7 +81,15 @@ class CheckItem(pytest.Item):
         if self.result.outcome == "failed":
             raise CheckFailed(self.result.message)
         if self.result.outcome == "warned":
-            warnings.warn(DistillWarning(f"{self.check.id}: {self.result.message}"), stacklevel=1)
+            try:
+                warnings.warn(DistillWarning(f"{self.check.id}: {self.result.message}"), stacklevel=1)
+            except Warning:
+                # `-W error` or `filterwarnings = error` made the warning an exception, so pytest fails
+                # this item: the recorded outcome, the verdict and the exit code must say so too.
+                self.result.outcome = "failed"
+                self.result.message += "; severity 'warn', but a warnings filter turns DistillWarning into an error"
+                self.escalated = True
+                raise
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         # The paragraph starts with the suite file, as a collection error does, so it stands on its own.

@@ -102,8 +102,27 @@ class ProjectConfig:
         device: str | None = None,
         base: Path | None = None,
     ) -> ProjectConfig:
-        """Apply command-line overrides; paths are relative to ``base`` (the invocation dir)."""
+        """Apply command-line overrides; paths are relative to ``base`` (the invocation dir).
+
+        Raises
+        ------
+        ConfigError
+            When an override names a model or dataset the project does not define: a
+            misspelt name would otherwise leave the configured model in place, silently.
+        """
         base = base or self.rootdir
+        for option, given, known in (
+            ("--distill-model", models or {}, self.models),
+            ("--distill-dataset", datasets or {}, self.datasets),
+        ):
+            what = "model" if option == "--distill-model" else "dataset"
+            for name in given:
+                if name not in known:
+                    defined = f"defined: {one_of(known)}" if known else "none is defined"
+                    raise ConfigError(
+                        f"{option} {name}=... names {what} {name!r}, which [tool.distill_eval.{what}s] does not "
+                        f"define{did_you_mean(name, known)}; {defined}"
+                    )
         new_models = dict(self.models)
         for name, path in (models or {}).items():
             # A path given on the command line replaces how the model is loaded entirely,

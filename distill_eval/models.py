@@ -177,7 +177,7 @@ def model_fingerprint(spec: ModelSpec, *, sha256: Callable[[Path], str] = sha256
     )
 
 
-def load_model(spec: ModelSpec, *, device: str = "cpu") -> Model:
+def load_model(spec: ModelSpec, *, device: str = "cpu", root: Path | None = None) -> Model:
     """Load a model from its spec (path or factory [+ weights]).
 
     Parameters
@@ -186,6 +186,9 @@ def load_model(spec: ModelSpec, *, device: str = "cpu") -> Model:
         Where the model comes from.
     device : str
         A resolved torch device string (see :func:`resolve_device`).
+    root : Path, optional
+        The project root: a ``factory`` module is imported with it first on ``sys.path``
+        (default: the working directory), which is taken off again afterwards.
 
     Raises
     ------
@@ -194,7 +197,7 @@ def load_model(spec: ModelSpec, *, device: str = "cpu") -> Model:
         not trusted, or when loading fails; the message names the model.
     """
     if spec.factory is not None:
-        obj = _call_factory(spec)
+        obj = _call_factory(spec, root)
         if spec.weights is not None:
             _load_weights(spec, obj)
         return wrap_model(spec.name, obj, device=device, format="factory")
@@ -555,26 +558,40 @@ def _load_onnx(spec: ModelSpec, path: Path) -> Model:
     )
 
 
-def _call_factory(spec: ModelSpec) -> Any:
+@contextlib.contextmanager
+def _importable(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while the block runs, and off it afterwards (if it was not on it)."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _call_factory(spec: ModelSpec, root: Path | None = None) -> Any:
     module_name, _, attr = str(spec.factory).partition(":")
     where = f"model '{spec.name}': factory {spec.factory!r}"
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # the user's own package, as `python -m` would see it
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        raise ModelError(f"{where}: cannot import module '{module_name}': {type(e).__name__}: {e}") from e
-    fn = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise ModelError(f"{where}: module '{module_name}' has no attribute '{attr}'")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise ModelError(f"{where}: '{attr}' is not callable")
-    try:
-        return fn(**dict(spec.kwargs))
-    except Exception as e:
-        raise ModelError(f"{where} raised {type(e).__name__}: {e}") from e
+    # the user's own package, as `python -m` run in the project root would see it
+    with _importable(Path(root) if root is not None else Path.cwd()):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as e:
+            raise ModelError(f"{where}: cannot import module '{module_name}': {type(e).__name__}: {e}") from e
+        fn = module
+        for part in attr.split("."):
+            if not hasattr(fn, part):
+                raise ModelError(f"{where}: module '{module_name}' has no attribute '{attr}'")
+            fn = getattr(fn, part)
+        if not callable(fn):
+            raise ModelError(f"{where}: '{attr}' is not callable")
+        try:
+            return fn(**dict(spec.kwargs))
+        except Exception as e:
+            raise ModelError(f"{where} raised {type(e).__name__}: {e}") from e
 
 
 def _load_weights(spec: ModelSpec, obj: Any) -> None:

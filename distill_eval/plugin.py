@@ -14,6 +14,7 @@ reports are imported once ``--distill`` is given.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from distill_eval.baseline import Acceptance
 
 ACCEPTANCE_KEY: pytest.StashKey[Acceptance] = pytest.StashKey()
+SYS_PATH_KEY: pytest.StashKey[str] = pytest.StashKey()  # the project root this plugin put on sys.path
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -160,6 +162,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except DistillError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[PROJECT_KEY] = project
+    # Factory modules and conftest helpers of the project import as they do from its root, wherever
+    # pytest was started (`cd suites && pytest --distill`); taken off again in pytest_unconfigure.
+    sys.path.insert(0, str(project.rootdir))
+    config.stash[SYS_PATH_KEY] = str(project.rootdir)
     config.stash[SESSION_KEY] = DistillSession(
         project,
         use_cache=not config.getoption("distill_no_cache"),
@@ -182,20 +188,96 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args[:] = [str(project.suites)]
 
 
-def _is_suite(config: pytest.Config, path: Path) -> bool:
-    project = config.stash[PROJECT_KEY]
-    if path.is_relative_to(project.suites):
-        return True
-    # a .toml named explicitly on the command line is a suite wherever it lives
+def _named(config: pytest.Config, path: Path) -> bool:
+    """Whether ``path`` was named on the command line (alone or with ``::`` node names)."""
     explicit = {Path(config.invocation_params.dir, a.split("::")[0]).resolve() for a in config.args}
     return path.resolve() in explicit
 
 
+def _is_suite(config: pytest.Config, path: Path) -> bool:
+    project = config.stash[PROJECT_KEY]
+    # a .toml named explicitly on the command line is a suite wherever it lives
+    return path.is_relative_to(project.suites) or _named(config, path)
+
+
+class MissingDistillFlag(pytest.File):
+    """A suite file named on the command line without ``--distill``: says how to run it."""
+
+    def collect(self) -> list[pytest.Item]:
+        shown = self.nodeid.split("::")[0] or self.path.name
+        raise self.CollectError(
+            f"{shown} is a distill_eval suite; its checks run only with --distill: python -m pytest --distill {shown}"
+        )
+
+
+def _looks_like_suite(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "[[check]]" in text or "[suite]" in text
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     config = parent.config
-    if file_path.suffix != ".toml" or PROJECT_KEY not in config.stash or not _is_suite(config, file_path):
+    if file_path.suffix != ".toml":
         return None
-    return SuiteFile.from_parent(parent, path=file_path)
+    if PROJECT_KEY not in config.stash:
+        # Without --distill a suite named on the command line would be "not found", which misleads.
+        if not config.getoption("distill") and _named(config, file_path) and _looks_like_suite(file_path):
+            return MissingDistillFlag.from_parent(parent, path=file_path)
+        return None
+    if not _is_suite(config, file_path):
+        return None
+    # Node ids relative to the project root, as results.json's files are, whatever pytest's rootdir.
+    root = config.stash[PROJECT_KEY].rootdir
+    nodeid = file_path.relative_to(root).as_posix() if file_path.is_relative_to(root) else None
+    return SuiteFile.from_parent(parent, path=file_path, nodeid=nodeid)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SESSION_KEY not in config.stash:
+        return
+    from distill_eval import xdist
+
+    if xdist.is_worker(config):
+        # A worker cannot stop the session with a usage error (xdist reports a crash): under -n N each
+        # check that needs a missing file is an error of its own, naming it.
+        return
+    checks = [item.check for item in items if isinstance(item, CheckItem)]
+    # a pytest_distill_load_* hook (a conftest's) may provide a model or dataset without its file
+    hooks = config.pluginmanager.hook
+    missing = config.stash[SESSION_KEY].missing_files(
+        checks,
+        models=not hooks.pytest_distill_load_model.get_hookimpls(),
+        datasets=not hooks.pytest_distill_load_dataset.get_hookimpls(),
+    )
+    if missing:
+        listed = "\n".join(f"  {line}" for line in missing)
+        raise pytest.UsageError(
+            f"{len(missing)} file(s) the selected checks need do not exist; no check ran:\n{listed}\n"
+            "fix the paths in [tool.distill_eval] of pyproject.toml or on the command line"
+        )
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    checks = [item for item in items if isinstance(item, CheckItem)]
+    if not checks:
+        return
+    from distill_eval.results import project_file
+
+    config = checks[0].config
+    state = config.stash[SESSION_KEY]
+    for item in checks:
+        entry = {
+            "suite": item.suite.name,
+            "file": project_file(item.suite.file, state.project.rootdir),
+            "id": item.check.id,
+            "kind": item.check.kind,
+        }
+        if entry not in state.deselected:
+            state.deselected.append(entry)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -209,7 +291,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     from distill_eval import xdist
 
     if xdist.is_worker(item.config):
-        xdist.attach(report, item, item.result)
+        xdist.attach(report, item, item.result, again=item.escalated)
     return report
 
 
@@ -235,7 +317,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if config.getoption("distill_accept"):
         from distill_eval.baseline import accept
 
-        config.stash[ACCEPTANCE_KEY] = accept(state.results, state.written["results.json"], state.project.baseline)
+        config.stash[ACCEPTANCE_KEY] = accept(
+            state.results, state.written["results.json"], state.project.baseline, root=state.project.rootdir
+        )
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -255,9 +339,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     except ValueError:
         pass
     terminalreporter.write_sep("-", "distill_eval")
+    partial = f" (partial run: {len(state.deselected)} check(s) deselected)" if state.deselected else ""
     terminalreporter.write_line(
-        f"verdict: {verdict(state.results)}; reports written to {folder}/ ({', '.join(written)})"
+        f"verdict: {verdict(state.results)}{partial}; reports written to {folder}/ ({', '.join(written)})"
     )
+    if state.deselected:
+        names = ", ".join(f"{d['suite']}::{d['id']}" for d in state.deselected)
+        terminalreporter.write_line(f"deselected, not judged: {names}")
     if ACCEPTANCE_KEY in config.stash:
         terminalreporter.write_line(config.stash[ACCEPTANCE_KEY].describe(config.invocation_params.dir))
     if state.cache.enabled and config.get_verbosity() >= 0:
@@ -269,3 +357,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             cache = cache.relative_to(config.invocation_params.dir)
         held = f"{entries} {'entry' if entries == 1 else 'entries'}, {format_size(size)}"
         terminalreporter.write_line(f"output cache: {held} in {cache}/ (distill-eval cache lists them)")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    entry = config.stash.get(SYS_PATH_KEY, None)
+    if entry is not None and entry in sys.path:
+        sys.path.remove(entry)  # the first occurrence: the one pytest_configure put in front

@@ -16,7 +16,17 @@ from distill_eval._io import atomic_write
 from distill_eval.checks.base import Metric, SliceMeasurement
 from distill_eval.checks.judge import BoundResult
 
-__all__ = ["SCHEMA", "CheckResult", "build_results", "verdict", "write_json"]
+__all__ = [
+    "SCHEMA",
+    "CheckResult",
+    "build_results",
+    "deselected_names",
+    "partial_note",
+    "project_file",
+    "verdict",
+    "verdict_of",
+    "write_json",
+]
 
 SCHEMA = 1
 OUTCOMES = ("passed", "failed", "warned", "error")
@@ -63,7 +73,12 @@ class CheckResult:
 
 def verdict(results: Iterable[CheckResult]) -> str:
     """``"error"`` if any check errored, else ``"failed"`` if any failed, else ``"passed"``."""
-    outcomes = {r.outcome for r in results}
+    return verdict_of(r.outcome for r in results)
+
+
+def verdict_of(outcomes: Iterable[str]) -> str:
+    """The verdict of checks with these outcomes (see :func:`verdict`)."""
+    outcomes = set(outcomes)
     if "error" in outcomes:
         return "error"
     if "failed" in outcomes:
@@ -140,17 +155,23 @@ def build_results(
     command: list[str] | None = None,
     root: Path | None = None,
     device: str | None = None,
+    deselected: Iterable[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
     """The results.json document: every suite with its checks, in run order.
 
-    ``root`` (the project under test) adds its git commit to the environment;
+    ``deselected`` lists the checks collected but not run (``-k``, ``-m``), each as
+    ``{"suite", "file", "id", "kind"}``: a run with any is partial, and says so.
+
+    ``root`` (the project under test) adds its git commit to the environment, and suite files
+    are recorded relative to it;
     ``device`` the device the models ran on.
     """
     results = list(results)
     suites: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
+        file = project_file(r.file, root)
         suite = suites.setdefault(
-            (r.file, r.suite), {"name": r.suite, "file": r.file, "gate": r.suite_gate or r.gate, "checks": []}
+            (file, r.suite), {"name": r.suite, "file": file, "gate": r.suite_gate or r.gate, "checks": []}
         )
         suite["checks"].append(r.to_json())
     counts = {o: sum(r.outcome == o for r in results) for o in OUTCOMES}
@@ -169,7 +190,35 @@ def build_results(
             "packages": package_versions(),
         },
         "suites": list(suites.values()),
+        "deselected": [dict(d) for d in deselected],
     }
+
+
+def deselected_names(doc: Mapping[str, Any]) -> list[str]:
+    """The checks a results document lists as deselected, as ``suite::id``."""
+    return [f"{d.get('suite')}::{d.get('id')}" for d in doc.get("deselected") or []]
+
+
+def partial_note(doc: Mapping[str, Any]) -> str | None:
+    """One sentence for a partial run (checks deselected), naming them; None for a complete run."""
+    names = deselected_names(doc)
+    if not names:
+        return None
+    return (
+        f"partial run: {len(names)} check(s) deselected and not judged, so the verdict covers only the rest: "
+        + ", ".join(names)
+    )
+
+
+def project_file(file: str | Path, root: Path | None) -> str:
+    """A suite file as results.json records it: relative to the project root (POSIX) when inside it.
+
+    So that results, and the baselines made from them, do not depend on where pytest was started.
+    """
+    path = Path(file)
+    if root is not None and path.is_absolute() and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(file)
 
 
 def write_json(path: Path, doc: Mapping[str, Any]) -> None:

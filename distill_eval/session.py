@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,8 @@ class DistillSession:
         self._outputs: dict[tuple[str, str], ModelOutputs] = {}
         self._cached_facts: dict[str, dict[str, Any]] = {}  # params/format of models served from cache
         self.results: list[CheckResult] = []
+        #: checks collected but deselected (``-k``, ``-m``): ``{"suite", "file", "id", "kind"}``, file as in results
+        self.deselected: list[dict[str, str]] = []
         self.warnings: list[str] = []
         self.written: dict[str, Path] = {}  # report files of the last write_reports, by name
         # provenance that pytest-xdist workers reported (distill_eval.xdist); merged into this process's
@@ -173,7 +175,7 @@ class DistillSession:
             if obj is not None:
                 model = wrap_model(name, obj, device=self.device, format="hook")
             else:
-                model = load_model(spec, device=self.device)
+                model = load_model(spec, device=self.device, root=self.project.rootdir)
             self._models[name] = model
             self._log(
                 f"loaded model '{name}' ({model.format}, {spec.describe()}) in {time.perf_counter() - start:.2f} s"
@@ -292,6 +294,31 @@ class DistillSession:
             models=self._models_of(check),
             dataset=check.dataset,
         )
+
+    def missing_files(self, checks: Iterable[CheckSpec], *, models: bool = True, datasets: bool = True) -> list[str]:
+        """Every model, weights or dataset file the checks need that does not exist, one line each.
+
+        Checked before any check runs, so that all of them are reported at once instead of
+        as one error per check. ``models`` / ``datasets`` False skips those (a
+        ``pytest_distill_load_*`` hook may provide them without the file).
+        """
+        model_names: dict[str, None] = {}
+        dataset_names: dict[str, None] = {}
+        for check in checks:
+            model_names.update(dict.fromkeys(self._models_of(check).values()))
+            dataset_names[check.dataset] = None
+            dataset_names.update(dict.fromkeys(name for _, name in KINDS[check.kind].extra_datasets(check.params)))
+        lines = []
+        for name in model_names if models else ():
+            spec = self.project.models.get(name)
+            for what, path in (("file", spec and spec.path), ("weights file", spec and spec.weights)):
+                if path is not None and not Path(path).is_file():
+                    lines.append(f"model '{name}': {what} not found: {path}")
+        for name in dataset_names if datasets else ():
+            spec = self.project.datasets.get(name)
+            if spec is not None and spec.path is not None and not Path(spec.path).is_file():
+                lines.append(f"dataset '{name}': file not found: {spec.path}")
+        return lines
 
     def _models_of(self, check: CheckSpec) -> dict[str, str]:
         kind = KINDS[check.kind]

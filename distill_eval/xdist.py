@@ -8,8 +8,8 @@ So that it can still write results.json, summary.md and report.html once:
   plain-JSON attribute ``report.distill_eval``; xdist serialises a report's
   attributes, so it reaches the controller (and, being no user property, stays
   out of JUnit XML);
-- a worker sends the provenance of the models and datasets it touched in
-  ``config.workeroutput`` when it finishes;
+- a worker sends the provenance of the models and datasets it touched, and the
+  checks ``-k``/``-m`` deselected, in ``config.workeroutput`` when it finishes;
 - the controller's :class:`Gatherer` receives both and, just before the plugin
   writes the reports, fills its session with the results in collection order,
   whichever worker ran which check. Checks draw their random numbers from
@@ -97,16 +97,24 @@ def _to_wire(result: CheckResult, index: int) -> dict[str, Any]:
     return json.loads(json.dumps(wire, default=str))
 
 
-def attach(report: pytest.TestReport, item: pytest.Item, result: CheckResult | None) -> None:
-    """In a worker: carry ``result`` on the setup report of ``item``, with the item's place in the collection."""
-    if result is None or report.when != "setup":
+def attach(report: pytest.TestReport, item: pytest.Item, result: CheckResult | None, *, again: bool = False) -> None:
+    """In a worker: carry ``result`` on the setup report of ``item``, with the item's place in the collection.
+
+    ``again`` carries it on the call report too, for a result the call changed (a warn check that
+    a warnings filter turned into a failure); the controller keeps the last one it receives.
+    """
+    if result is None or report.when not in (("setup", "call") if again else ("setup",)):
         return
     setattr(report, ATTRIBUTE, _to_wire(result, item.session.items.index(item)))
 
 
 def send_provenance(config: pytest.Config, state: DistillSession) -> None:
     """In a worker, at the end of its session: hand the controller what its models and datasets were."""
-    provenance = {"models": state.model_provenance(), "datasets": state.dataset_provenance()}
+    provenance = {
+        "models": state.model_provenance(),
+        "datasets": state.dataset_provenance(),
+        "deselected": state.deselected,  # each worker collects, and deselects, every check
+    }
     config.workeroutput[ATTRIBUTE] = json.loads(json.dumps(provenance, default=str))  # type: ignore[attr-defined]
 
 
@@ -134,6 +142,9 @@ class Gatherer:
                 self.state.worker_models[name] = info
         for name, info in sent["datasets"].items():
             self.state.worker_datasets.setdefault(name, info)
+        for entry in sent.get("deselected", []):
+            if entry not in self.state.deselected:
+                self.state.deselected.append(entry)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

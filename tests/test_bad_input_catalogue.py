@@ -241,23 +241,23 @@ CASES = [
     # -- files the configuration names: check errors -----------------------------------------
     Case(
         "missing-model-file",
-        "error",
+        "usage",
         [
-            "*suites/gate.toml: agreement check 'agreement' could not be computed: "
-            "model 'teacher': file not found: *missing.pt"
+            "ERROR: 1 file(s) the selected checks need do not exist; no check ran:",
+            "  model 'teacher': file not found: *missing.pt",
         ],
         pyproject=((TEACHER, TEACHER.replace('factory = "tiny:build"', 'path = "missing.pt"', 1)),),
     ),
     Case(
         "missing-weights-file",
-        "error",
-        ["*could not be computed: model 'student': weights file not found: *nope.pt"],
+        "usage",
+        ["*file(s) the selected checks need do not exist*", "  model 'student': weights file not found: *nope.pt"],
         pyproject=((STUDENT, 'weights = "nope.pt"'),),
     ),
     Case(
         "missing-dataset-file",
-        "error",
-        ["*suites/gate.toml: agreement check * could not be computed: dataset 'test': file not found: *missing.npz"],
+        "usage",
+        ["*file(s) the selected checks need do not exist*", "  dataset 'test': file not found: *missing.npz"],
         pyproject=((DATASET, 'path = "missing.npz"'),),
     ),
     Case(

@@ -449,3 +449,22 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch, cuda: bool) -> None:
     else:
         with pytest.raises(ModelError, match=r"device 'cuda:1' was asked for, but CUDA is not available"):
             resolve_device("cuda:1")
+
+
+def test_a_factory_imports_from_the_project_root_and_leaves_sys_path_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    (tmp_path / "root_only_factory.py").write_text(
+        "from distill_eval.train.zoo import digits_student\n\ndef build():\n    return digits_student(hidden=[4])\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory is not the project root
+    monkeypatch.delitem(sys.modules, "root_only_factory", raising=False)
+    before = list(sys.path)
+    model = load_model(ModelSpec(name="student", factory="root_only_factory:build"), root=tmp_path)
+    assert model.params == 64 * 4 + 4 + 4 * 10 + 10
+    assert sys.path == before  # neither the root nor the working directory stays on it
+    sys.modules.pop("root_only_factory", None)

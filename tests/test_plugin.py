@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import digits
@@ -195,10 +196,11 @@ def test_severity_warn_warns_and_does_not_fail(pytester: pytest.Pytester) -> Non
 
 
 def test_a_check_that_cannot_be_computed_is_an_error_not_a_failure(pytester: pytest.Pytester) -> None:
-    write(pytester, {"gate": GATE}, PYPROJECT.replace("digits_student.pt", "missing.pt"))
+    (pytester.path / "corrupt.pt").write_bytes(b"these are not weights")
+    write(pytester, {"gate": GATE}, PYPROJECT.replace(str(WEIGHTS / "digits_student.pt"), "corrupt.pt"))
     result = run(pytester, "--distill")
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(["*could not be computed: model 'student': *file not found: *missing.pt*"])
+    result.stdout.fnmatch_lines(["*could not be computed: model 'student': *corrupt.pt*"])
     result.stdout.no_fnmatch_line("*Traceback*")
     doc = results(pytester)
     assert doc["verdict"] == "error"
@@ -414,3 +416,104 @@ def test_a_warm_run_reports_the_models_format_and_size_from_the_cache(pytester: 
     assert warm["student"]["loaded"] is False
     assert warm["student"]["format"] == cold["student"]["format"] == "factory"
     assert warm["teacher"]["params"] == cold["teacher"]["params"] == 85002
+
+
+def test_an_override_of_an_unknown_model_or_dataset_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    # a misspelt name must not leave the configured student in place, gated as if it were the candidate
+    _save_torchscript(_digits_module("teacher"), pytester.path / "candidate.pt")
+    write(pytester, {"gate": GATE})
+    result = run(pytester, "--distill", "--distill-model", "studnet=candidate.pt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--distill-model studnet=... names model 'studnet'*(did you mean 'student'?); defined: 'student' or *"]
+    )
+    assert not (pytester.path / "reports").exists()
+    result = run(pytester, "--distill", "--distill-dataset", "tset=sklearn:iris")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--distill-dataset tset=... names dataset 'tset'*(did you mean 'test'?)*"])
+
+
+SEVERITY_WARN = GATE.replace("top1 = 0.95", "top1 = 0.999").replace(
+    'kind = "agreement"', 'kind = "agreement"\nseverity = "warn"'
+)
+
+
+@pytest.mark.parametrize("how", [("-W", "error"), ("-o", "filterwarnings=error")])
+def test_a_warn_check_a_warnings_filter_fails_is_recorded_failed(
+    pytester: pytest.Pytester, how: tuple[str, str]
+) -> None:
+    write(pytester, {"gate": SEVERITY_WARN})
+    result = run(pytester, "--distill", *how)
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*verdict: failed;*"])
+    doc = results(pytester)
+    assert doc["verdict"] == "failed"
+    assert [c["outcome"] for c in doc["suites"][0]["checks"]] == ["passed", "failed"]
+    assert "warnings filter" in doc["suites"][0]["checks"][1]["message"]
+    assert doc["counts"]["failed"] == 1 and doc["counts"]["warned"] == 0
+
+
+def test_run_from_a_subdirectory_imports_the_project_and_keeps_ids(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the student's factory is a module in the project root, which `cd suites` takes off sys.path
+    (pytester.path / "mymodels.py").write_text(
+        "from distill_eval.train.zoo import digits_student\n\ndef student(**kw):\n    return digits_student(**kw)\n"
+    )
+    write(pytester, {"gate": GATE}, PYPROJECT.replace("distill_eval.train.zoo:digits_student", "mymodels:student"))
+    (pytester.path / "suites" / "conftest.py").write_text(
+        "import sys\n\ndef pytest_sessionfinish(session):\n"
+        "    with open(session.config.rootpath / 'path.txt', 'w') as f:\n"
+        "        f.write(repr(sys.path))\n"
+    )
+    from_root = run(pytester, "--distill", "--distill-no-cache", "--junitxml=root.xml")
+    from_root.assert_outcomes(passed=2)
+    root_doc = results(pytester)
+    monkeypatch.chdir(pytester.path / "suites")
+    before = list(sys.path)
+    result = run(pytester, "--distill", "--distill-no-cache", "--junitxml=../sub.xml")
+    after = list(sys.path)
+    result.assert_outcomes(passed=2)
+    assert after == before  # the project root came off sys.path again
+    assert str(pytester.path) in (pytester.path / "path.txt").read_text()
+    doc = results(pytester)
+    assert [s["file"] for s in doc["suites"]] == [s["file"] for s in root_doc["suites"]] == ["suites/gate.toml"]
+    assert doc["suites"][0]["checks"][1]["metrics"] == root_doc["suites"][0]["checks"][1]["metrics"]
+    for xml in ("root.xml", "sub.xml"):
+        assert 'classname="suites.gate.toml.release-gate"' in (pytester.path / xml).read_text()
+
+
+def test_missing_files_are_reported_together_before_any_check_runs(pytester: pytest.Pytester) -> None:
+    pyproject = PYPROJECT.replace("digits_student.pt", "gone.pt").replace(
+        'source = "sklearn:digits"', 'path = "no.npz"'
+    )
+    pyproject += '\n[tool.distill_eval.models.unused]\npath = "also-gone.pt"\n'
+    write(pytester, {"gate": GATE}, pyproject)
+    result = run(pytester, "--distill")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: 2 file(s) the selected checks need do not exist; no check ran:",
+            "  model 'student': weights file not found: *gone.pt",
+            "  dataset 'test': file not found: *no.npz",
+            "fix the paths in [[]tool.distill_eval[]] of pyproject.toml or on the command line",
+        ]
+    )
+    assert "also-gone" not in result.stderr.str()  # a model no selected check uses is not needed
+    assert not (pytester.path / "reports").exists()
+
+
+def test_a_suite_named_without_distill_hints_the_flag(pytester: pytest.Pytester) -> None:
+    write(pytester, {"gate": GATE})
+    for target in ("suites/gate.toml", "suites/gate.toml::release-gate::agreement"):
+        result = run(pytester, target)
+        # a collection error (a usage error when node names follow): never a pass, never "no tests ran"
+        assert result.ret in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
+        result.stdout.fnmatch_lines(
+            [
+                "suites/gate.toml is a distill_eval suite; its checks run only with --distill: "
+                "python -m pytest --distill suites/gate.toml"
+            ]
+        )
+    assert not (pytester.path / "reports").exists()

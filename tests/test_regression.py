@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -418,3 +419,92 @@ def test_accept_with_an_erroring_check_writes_nothing(pytester: pytest.Pytester)
         ]
     )
     assert not baseline.exists()
+
+
+def _checks(doc: dict) -> dict[str, dict]:
+    return {f"{s['name']}::{c['id']}": c for s in doc["suites"] for c in s["checks"]}
+
+
+@pytest.mark.slow
+def test_a_partial_run_says_so_and_accept_merges_it_into_the_baseline(pytester: pytest.Pytester) -> None:
+    baseline = pytester_project(pytester, GATE.replace("max = { accuracy_drop = 0.0 }", 'baseline = "good"'))
+    run = functools.partial(pytester.runpytest, "--distill", "-p", "no:cacheprovider")
+    run("--distill-accept").assert_outcomes(passed=3)
+    complete = json.loads(baseline.read_text())
+    assert complete["deselected"] == []
+
+    result = run("-k", "agreement", "--distill-accept")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "verdict: passed (partial run: 2 check(s) deselected); reports written to reports/*",
+            "deselected, not judged: gate::calibration, gate::regression",
+            "baseline accepted: this run's results stored in reports/baseline.json, merged with its stored results "
+            "of 2 check(s) not run (gate::calibration, gate::regression)",
+        ]
+    )
+    doc = json.loads((pytester.path / "reports" / "results.json").read_text())
+    assert doc["deselected"] == [
+        {"suite": "gate", "file": "suites/gate.toml", "id": "calibration", "kind": "calibration"},
+        {"suite": "gate", "file": "suites/gate.toml", "id": "regression", "kind": "regression"},
+    ]
+    summary = (pytester.path / "reports" / "summary.md").read_text()
+    assert "**Partial run: 2 check(s) deselected" in summary and "gate::calibration, gate::regression**" in summary
+    assert "partial run: 2 check(s) deselected" in (pytester.path / "reports" / "report.html").read_text()
+    # the baseline still has every check, in file order; the deselected ones as accepted before
+    merged = json.loads(baseline.read_text())
+    assert list(_checks(merged)) == ["gate::agreement", "gate::calibration", "gate::regression"]
+    assert _checks(merged)["gate::calibration"] == _checks(complete)["gate::calibration"]
+    assert _checks(merged)["gate::agreement"] == _checks(doc)["gate::agreement"]
+    assert merged["deselected"] == [] and merged["counts"]["passed"] == 3
+
+
+@pytest.mark.slow
+def test_accept_refuses_to_merge_checks_measured_on_another_student(pytester: pytest.Pytester) -> None:
+    baseline = pytester_project(pytester, GATE.replace("max = { accuracy_drop = 0.0 }", 'baseline = "good"'))
+    run = functools.partial(pytester.runpytest, "--distill", "-p", "no:cacheprovider")
+    run("--distill-accept").assert_outcomes(passed=3)
+    before = baseline.read_text()
+    use_student(pytester, "broken_slice")
+    result = run("-k", "agreement", "--distill-accept")
+    result.stdout.fnmatch_lines(
+        [
+            "--distill-accept refused: this run is partial, and the stored results of the baseline "
+            "reports/baseline.json it would keep (gate::calibration, gate::regression) were measured with "
+            "another model 'student' (sha256 * in this run, * stored); run every check *"
+        ]
+    )
+    assert baseline.read_text() == before
+    # a complete run of the new student replaces the baseline
+    run("--distill-accept")
+    assert json.loads(baseline.read_text())["models"]["student"] != json.loads(before)["models"]["student"]
+
+
+def test_accept_of_some_suite_files_keeps_the_others_but_not_deleted_ones(tmp_path: Path) -> None:
+    def suite(name: str, outcome: str) -> dict:
+        check = {"id": "agreement", "kind": "agreement", "outcome": outcome, "models": {"student": "s"}}
+        return {"name": name, "file": f"suites/{name}.toml", "gate": "estimate", "checks": [check]}
+
+    models = {"s": {"sha256": "ab" * 32}}
+    (tmp_path / "suites").mkdir()
+    for name in ("a", "b"):  # c.toml was deleted since the baseline was accepted
+        (tmp_path / "suites" / f"{name}.toml").write_text("")
+    target, results_file = tmp_path / "baseline.json", tmp_path / "results.json"
+    write_json(
+        target,
+        {"schema": 1, "models": models, "suites": [suite("a", "failed"), suite("b", "passed"), suite("c", "passed")]},
+    )
+    write_json(results_file, {"schema": 1, "models": models, "suites": [suite("a", "passed")], "deselected": []})
+    result = CheckResult(
+        suite="a", file="suites/a.toml", gate="estimate", id="agreement", kind="agreement", outcome="passed"
+    )
+    done = accept([result], results_file, target, root=tmp_path)
+    assert done.written and done.kept == ("b::agreement",)
+    merged = json.loads(target.read_text())
+    assert [(s["name"], s["checks"][0]["outcome"]) for s in merged["suites"]] == [("a", "passed"), ("b", "passed")]
+    assert merged["counts"]["passed"] == 2 and merged["verdict"] == "passed"
+    # the same merge with another student behind the kept check is refused, and writes nothing
+    before = target.read_text()
+    write_json(results_file, {"schema": 1, "models": {"s": {"sha256": "cd" * 32}}, "suites": [suite("a", "passed")]})
+    refused = accept([result], results_file, target, root=tmp_path)
+    assert not refused.written and refused.conflicts and target.read_text() == before

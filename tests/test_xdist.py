@@ -102,3 +102,25 @@ def test_every_kind_reaches_the_controller(pytester: pytest.Pytester) -> None:
     assert kinds == ["calibration", "agreement", "slices", "copied_errors", "slices", "latency", "regression"]
     (latency,) = [c for c in doc["suites"][0]["checks"] if c["kind"] == "latency"]
     assert latency["machine"]["torch"] and latency["pairs"] > 0
+
+
+def test_a_warn_check_a_filter_fails_and_deselected_checks_reach_the_controllers_report(
+    pytester: pytest.Pytester,
+) -> None:
+    import digits
+
+    pytester.makefile(".toml", pyproject=digits.pyproject(dataset='source = "sklearn:digits"'))
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites" / "gate.toml").write_text(
+        '[suite]\nname = "gate"\n\n[[check]]\nkind = "agreement"\nseverity = "warn"\nmin = { top1 = 0.999 }\n'
+        '\n[[check]]\nkind = "calibration"\n'
+    )
+    result = run(pytester, "-n", "2", "-W", "error", "-k", "agreement")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*verdict: failed (partial run: 1 check(s) deselected);*"])
+    doc = json.loads((pytester.path / "reports" / "results.json").read_text())
+    assert doc["verdict"] == "failed" and doc["suites"][0]["checks"][0]["outcome"] == "failed"
+    # the workers deselected it; the controller's report says so
+    assert doc["deselected"] == [
+        {"suite": "gate", "file": "suites/gate.toml", "id": "calibration", "kind": "calibration"}
+    ]

@@ -45,6 +45,7 @@ def write_reports(session: DistillSession, *, command: list[str] | None = None) 
         command=command,
         root=session.project.rootdir,
         device=_device(session),
+        deselected=session.deselected,
     )
     return write_documents(doc, Path(session.project.reports))
 

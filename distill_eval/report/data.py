@@ -118,6 +118,8 @@ class ReportData:
     created: str
     command: str
     subject: str
+    #: a partial run's note, naming the deselected checks ("" for a complete run)
+    partial: str
     problems: list[Cell]
     checks: Table
     sections: list[Section]
@@ -128,6 +130,12 @@ class ReportData:
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def _partial_note(doc: Mapping[str, Any]) -> str:
+    from distill_eval.results import partial_note  # not at import: results -> checks -> report.extras
+
+    return partial_note(doc) or ""
 
 
 def _num(x: Any) -> str:
@@ -904,6 +912,7 @@ def build_report_data(doc: Mapping[str, Any]) -> ReportData:
         created=str(doc.get("created", "")),
         command=command,
         subject=_subject(doc),
+        partial=_partial_note(doc),
         problems=problems,
         checks=_checks_table(doc, anchors),
         sections=sections,

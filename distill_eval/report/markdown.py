@@ -40,6 +40,8 @@ def render_summary(doc: dict[str, Any]) -> str:
     doc : dict
         A results document (the content of results.json).
     """
+    from distill_eval.results import partial_note  # not at import: results -> checks -> report.extras
+
     counts = doc.get("counts", {})
     verdict = doc["verdict"]
     lines = [
@@ -47,6 +49,11 @@ def render_summary(doc: dict[str, Any]) -> str:
         "",
         ", ".join(f"{counts.get(o, 0)} {o}" for o in ("passed", "failed", "warned", "error")),
         "",
+    ]
+    partial = partial_note(doc)
+    if partial:
+        lines += [f"**{escape_md(partial[0].upper() + partial[1:])}**", ""]
+    lines += [
         "| suite | check | kind | outcome | bounded metrics | gate |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
