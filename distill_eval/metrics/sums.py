@@ -349,7 +349,7 @@ def bootstrap_sums(
         left_out = _repeat(totals, blocks) - sums.blocks(block, blocks)
         return {name: _evaluate(name, statistics[name], left_out) for name in names}
 
-    return _intervals(estimates, resampled, jackknife, methods, supports, confidence, n_resamples)
+    return _intervals(estimates, resampled, jackknife, methods, supports, confidence, n_resamples, n)
 
 
 def _repeat(sums: Sums, k: int) -> Sums:
