@@ -100,6 +100,17 @@ def pickled_module(folder: Path) -> None:
     torch.save(torch.nn.Linear(4, 3), folder / "full.pt")  # the whole module, pickled: not weights-only
 
 
+def fixed_batch_export(folder: Path) -> None:
+    torch.manual_seed(0)
+    program = torch.export.export(torch.nn.Linear(4, 3), (torch.zeros(8, 4),))  # batch 8, and only 8
+    torch.export.save(program, str(folder / "student.pt2"))
+
+
+def latency_suite(extra: str = "") -> str:
+    """A suite with one quick latency check."""
+    return f'[suite]\nname = "gate"\n\n[[check]]\nkind = "latency"\nwarmup = 1\nmin_time_s = 0.01\n{extra}'
+
+
 def ids_file(folder: Path) -> None:
     (folder / "suites" / "hard.txt").write_text("# known hard examples\n0\n1\nnope-1\nnope-2\n")
 
@@ -395,6 +406,59 @@ CASES = [
         suite=slices_suite(
             '{ name = "zeros", where = "label == 0" }', "min_support = 100\nmin = { retention = 0.5 }\n"
         ),
+    ),
+    # -- latency -------------------------------------------------------------------------------
+    Case(
+        "latency-batch-larger-than-data",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: 'batch_size' = 500 is larger than "
+            "dataset 'test' (120 examples): *; set batch_size to at most 120 in this check, *"
+        ],
+        suite=latency_suite("batch_size = 500\n"),
+    ),
+    Case(
+        "latency-fixed-batch-export",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: model 'student' (*student.pt2) "
+            "cannot run on the latency timing batch of shape (1, 4) (rows of dataset 'test'): *; if the model was "
+            "exported for a fixed batch size, export it with a dynamic batch dimension, e.g. torch.export.export(*"
+        ],
+        suite=latency_suite(),
+        pyproject=((f'factory = "tiny:build"\n{STUDENT}', 'path = "student.pt2"'),),
+        files=(fixed_batch_export,),
+    ),
+    Case(
+        "latency-3d-inputs",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: model 'teacher' (tiny:build) cannot "
+            "run on the latency timing batch of shape (1, 2, 2) (rows of dataset 'test'): RuntimeError: *; "
+            "if the model was exported for a fixed batch size, *"
+        ],
+        suite=latency_suite(),
+        files=(npz("test.npz", x=lambda x: x.reshape(-1, 2, 2)),),
+    ),
+    Case(
+        "latency-class-count-mismatch",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: models 'teacher' and 'student' "
+            "disagree on the number of classes: 'teacher' outputs shape (1, 3), 'student' outputs shape (1, 2) "
+            "on the timing batch of dataset 'test'*"
+        ],
+        suite=latency_suite(),
+        pyproject=((STUDENT, "kwargs = { classes = 2 }"),),
+    ),
+    Case(
+        "strict-without-interval",
+        "failed",
+        [
+            "*suites/gate.toml: latency check 'latency' of suite 'gate' failed: speedup = * not entirely >= min 0.01 "
+            "(gate: strict; no interval, so no evidence to pass); 1 timed pair is too few for a bootstrap interval *"
+        ],
+        suite=latency_suite('gate = "strict"\nmax_pairs = 1\nmin = { speedup = 0.01 }\n'),
     ),
 ]
 

@@ -18,9 +18,10 @@ statistic in one pass over the examples (:func:`bootstrap_sums`), without ever h
   sums of all columns over a run are one small matrix product;
 - the point estimate and the jackknife (for BCa) are computed exactly from per-group totals.
 
-A pass costs about 1.3-1.8 ns per example and resample to draw the weights (on one core; two
+A pass costs about 2.3 ns per example and resample to draw the weights (on one core; two
 other threads draw while one sums) plus well under a nanosecond per example, resample and
-column to sum them: about 2 s for 10^6 examples x 1000 resamples on two cores.
+column to sum them: about 2-4 s for 10^6 examples x 1000 resamples on two cores
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
