@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from distill_eval.models import Model
 
 __all__ = [
+    "MIN_PAIRS",
     "PairedTimings",
     "TimedCall",
     "histogram",
@@ -50,6 +51,9 @@ __all__ = [
 
 #: draws of the order coin made at once
 _COIN_BLOCK = 1024
+#: pairs timed at least, however slow the models (unless ``max_pairs`` is smaller): enough for a
+#: bootstrap interval of ``speedup`` and an order-statistic interval of each median at 95%
+MIN_PAIRS = 10
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ def time_interleaved(
     warmup: int = 10,
     min_time_s: float = 1.0,
     max_pairs: int = 100_000,
+    min_pairs: int = MIN_PAIRS,
     threads: int | None = None,
 ) -> PairedTimings:
     """Time two models call by call, interleaved in random order.
@@ -149,9 +154,12 @@ def time_interleaved(
         Untimed calls of each model first (teacher, student, teacher, ...).
     min_time_s : float, default=1.0
         Pairs are timed until the timed calls of both models add up to at least
-        this many seconds (at least one pair).
+        this many seconds, and at least ``min_pairs`` pairs.
     max_pairs : int, default=100000
-        Stop after this many pairs even if ``min_time_s`` is not reached.
+        Stop after this many pairs even if ``min_time_s`` or ``min_pairs`` is not reached.
+    min_pairs : int, default=MIN_PAIRS
+        Time at least this many pairs (up to ``max_pairs``), so that even slow models get
+        intervals.
     threads : int, optional
         ``torch.set_num_threads`` during warmup and measurement, restored
         afterwards; default: torch's current count.
@@ -169,10 +177,10 @@ def time_interleaved(
     """
     import torch
 
-    if warmup < 0 or max_pairs < 1 or not min_time_s >= 0:
+    if warmup < 0 or max_pairs < 1 or min_pairs < 1 or not min_time_s >= 0:
         raise ValueError(
-            f"need warmup >= 0, max_pairs >= 1 and min_time_s >= 0, got warmup={warmup}, "
-            f"max_pairs={max_pairs}, min_time_s={min_time_s}"
+            f"need warmup >= 0, max_pairs >= 1, min_pairs >= 1 and min_time_s >= 0, got warmup={warmup}, "
+            f"max_pairs={max_pairs}, min_pairs={min_pairs}, min_time_s={min_time_s}"
         )
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -186,7 +194,7 @@ def time_interleaved(
             _time_one(student)
         total = 0
         coins = np.empty(0, dtype=bool)
-        while len(first) < max_pairs and (not first or total < min_ns):
+        while len(first) < max_pairs and (len(first) < min_pairs or total < min_ns):
             i = len(first) % _COIN_BLOCK
             if i == 0:
                 coins = rng.random(_COIN_BLOCK) < 0.5

@@ -9,6 +9,7 @@ in step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -108,6 +109,35 @@ def nan_rows(x: np.ndarray) -> np.ndarray:
 
 def unlabelled(folder: Path) -> None:
     np.savez(folder / "test.npz", x=_arrays()[0])
+
+
+def fixed_batch_export(folder: Path) -> None:
+    torch.manual_seed(0)
+    program = torch.export.export(torch.nn.Linear(4, 3), (torch.zeros(8, 4),))  # batch 8, and only 8
+    torch.export.save(program, str(folder / "student.pt2"))
+
+
+@pytest.fixture(scope="module")
+def _torch_export_imported(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Export, load and call a fixed-batch .pt2 once, before any ``pytester`` fixture exists.
+
+    ``pytester`` drops the modules first imported during its test; importing torch's export
+    modules again re-registers their operator libraries, a RuntimeError in the next test that
+    exports a model. Imported here, they stay.
+    """
+    from distill_eval.config import ModelSpec
+    from distill_eval.models import load_model
+
+    folder = tmp_path_factory.mktemp("export")
+    fixed_batch_export(folder)
+    module = load_model(ModelSpec("student", path=folder / "student.pt2")).module
+    with contextlib.suppress(Exception):  # it fails (batch 1 is not 8): the imports are what matter
+        module(torch.zeros(1, 4))
+
+
+def latency_suite(extra: str = "") -> str:
+    """A suite with one quick latency check."""
+    return f'[suite]\nname = "gate"\n\n[[check]]\nkind = "latency"\nwarmup = 1\nmin_time_s = 0.01\n{extra}'
 
 
 def ids_file(folder: Path) -> None:
@@ -427,6 +457,59 @@ CASES = [
         suite=SUITE.replace('"agreement"\nmin = { top1 = 0.5 }', '"calibration"'),
         files=(unlabelled,),
     ),
+    # -- latency -------------------------------------------------------------------------------
+    Case(
+        "latency-batch-larger-than-data",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: 'batch_size' = 500 is larger than "
+            "dataset 'test' (120 examples): *; set batch_size to at most 120 in this check, *"
+        ],
+        suite=latency_suite("batch_size = 500\n"),
+    ),
+    Case(
+        "latency-fixed-batch-export",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: model 'student' (*student.pt2) "
+            "cannot run on the latency timing batch of shape (1, 4) (rows of dataset 'test'): *; if the model was "
+            "exported for a fixed batch size, export it with a dynamic batch dimension, e.g. torch.export.export(*"
+        ],
+        suite=latency_suite(),
+        pyproject=((f'factory = "tiny:build"\n{STUDENT}', 'path = "student.pt2"'),),
+        files=(fixed_batch_export,),
+    ),
+    Case(
+        "latency-3d-inputs",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: model 'teacher' (tiny:build) cannot "
+            "run on the latency timing batch of shape (1, 2, 2) (rows of dataset 'test'): RuntimeError: *; "
+            "if the model was exported for a fixed batch size, *"
+        ],
+        suite=latency_suite(),
+        files=(npz("test.npz", x=lambda x: x.reshape(-1, 2, 2)),),
+    ),
+    Case(
+        "latency-class-count-mismatch",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: models 'teacher' and 'student' "
+            "disagree on the number of classes: 'teacher' outputs shape (1, 3), 'student' outputs shape (1, 2) "
+            "on the timing batch of dataset 'test'*"
+        ],
+        suite=latency_suite(),
+        pyproject=((STUDENT, "kwargs = { classes = 2 }"),),
+    ),
+    Case(
+        "strict-without-interval",
+        "failed",
+        [
+            "*suites/gate.toml: latency check 'latency' of suite 'gate' failed: speedup = * not entirely >= min 0.01 "
+            "(gate: strict; no interval, so no evidence to pass); 1 timed pair is too few for a bootstrap interval *"
+        ],
+        suite=latency_suite('gate = "strict"\nmax_pairs = 1\nmin = { speedup = 0.01 }\n'),
+    ),
 ]
 
 #: what pytest-style tracebacks and crash reports look like; none may appear
@@ -448,7 +531,7 @@ def make_project(pytester: pytest.Pytester, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_reads_as_one_paragraph(pytester: pytest.Pytester, case: Case) -> None:
+def test_bad_input_reads_as_one_paragraph(_torch_export_imported: None, pytester: pytest.Pytester, case: Case) -> None:
     make_project(pytester, case)
     result = pytester.runpytest("-p", "no:cacheprovider", "--distill")
     lines = result.stdout.lines + result.stderr.lines

@@ -152,3 +152,24 @@ slices = [{ name = "confident", where = "student_conf >= 0.5 and meta.group in [
     assert sl.support == planted.N
     assert sl.metrics["student_score"].value == pytest.approx(agree)
     assert sl.metrics["teacher_score"].value == 1.0 and sl.metrics["retention"].value == pytest.approx(agree)
+
+
+def test_one_slice_interval_is_the_same_whatever_the_other_slice(project: Path) -> None:
+    # slice A is fixed; slice B changes: A's intervals must not move (its resamples are its own)
+    def slice_a(other: str):
+        text = f"""
+[[check]]
+kind = "slices"
+student = "overconfident"
+min_support = 1
+slices = [{{ name = "a", where = "meta.group == 'a'" }}, {{ name = "b", where = "{other}" }}]
+"""
+        (r,) = run(project, text)
+        a, b = r.slices
+        return a.metrics, b.metrics
+
+    a1, b1 = slice_a("student_conf >= 0.5")
+    a2, b2 = slice_a("not teacher_correct or meta.group == 'b'")
+    assert b1["gap"] != b2["gap"]
+    for name in ("retention", "gap"):
+        assert a1[name].ci is not None and a1[name] == a2[name]  # bit for bit

@@ -57,8 +57,43 @@ def test_failure_message_names_metric_value_interval_bound_and_gate() -> None:
         "top1 = 0.96 [0.94, 0.98] not entirely >= min 0.95 (gate: strict); "
         "inconclusive: the interval straddles the bound"
     )
-    (result,) = judge(Measurement({"top1": Metric(0.9)}), [Bound("top1", "min", 0.95)], gate="strict")
-    assert result.describe() == "top1 = 0.9 < min 0.95 (gate: strict; no interval, estimate used)"
+    (result,) = judge(Measurement({"top1": Metric(0.9)}), [Bound("top1", "min", 0.95)], gate="lenient")
+    assert result.describe() == "top1 = 0.9 < min 0.95 (gate: lenient; no interval, estimate used)"
+
+
+@pytest.mark.parametrize(
+    ("metric", "n", "reason"),
+    [
+        (Metric(29.89), 1, "1 example is too few for an interval"),
+        (Metric(29.89), None, "too few examples for an interval"),
+        (
+            Metric(3.2, None, "5 timed calls are too few for a distribution-free 95% interval on the 99th percentile"),
+            5,
+            "5 timed calls are too few for a distribution-free 95% interval on the 99th percentile",
+        ),
+    ],
+)
+def test_strict_never_passes_a_metric_without_an_interval(metric: Metric, n: int | None, reason: str) -> None:
+    # the estimate clears the bound by far: only the missing evidence can fail it
+    measurement = Measurement({"speedup": metric}, n=n)
+    (result,) = judge(measurement, [Bound("speedup", "min", 3.0)], gate="strict")
+    assert not result.ok
+    assert result.note == reason
+    assert result.describe() == (
+        f"speedup = {metric.value:.3g} not entirely >= min 3 (gate: strict; no interval, so no evidence to pass); "
+        + reason
+    )
+    # the other gates judge the estimate, as before
+    for gate in ("estimate", "lenient"):
+        assert judge(measurement, [Bound("speedup", "min", 3.0)], gate=gate)[0].ok
+
+
+def test_strict_passes_an_exact_value() -> None:
+    # a census (a count, a parameter ratio) carries the value as its interval: no sampling to doubt
+    (result,) = judge(
+        Measurement({"param_ratio": Metric(8.0, (8.0, 8.0))}), [Bound("param_ratio", "min", 5)], gate="strict"
+    )
+    assert result.ok
 
 
 def test_an_undefined_bounded_metric_cannot_be_judged() -> None:

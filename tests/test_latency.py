@@ -381,7 +381,7 @@ def test_throughput_is_batch_size_over_mean_seconds(tmp_path: Path, digits: Data
     assert m.extras["threads"] == torch.get_num_threads()  # the default
 
 
-def test_the_batch_cycles_rows_of_a_small_dataset(tmp_path: Path) -> None:
+def test_the_batch_is_the_first_rows_and_never_larger_than_the_dataset(tmp_path: Path) -> None:
     seen = []
 
     class Probe:
@@ -389,19 +389,70 @@ def test_the_batch_cycles_rows_of_a_small_dataset(tmp_path: Path) -> None:
             seen.append(x.copy())
             return np.zeros((len(x), 2))
 
-    data = Dataset(name="test", x=np.arange(3, dtype=np.float32)[:, None], y=None, ids=np.array(["a", "b", "c"]))
-    measure(
-        tmp_path,
-        "batch_size = 7\nwarmup = 1\nmin_time_s = 0.001",
-        wrap_model("teacher", Probe()),
-        wrap_model("student", Probe()),
-        data,
-    )
-    np.testing.assert_array_equal(seen[0][:, 0], [0, 1, 2, 0, 1, 2, 0])
+    data = Dataset(name="test", x=np.arange(5, dtype=np.float32)[:, None], y=None, ids=np.array(list("abcde")))
+    probes = wrap_model("teacher", Probe()), wrap_model("student", Probe())
+    measure(tmp_path, "batch_size = 3\nwarmup = 1\nmin_time_s = 0.001", *probes, data)
+    np.testing.assert_array_equal(seen[0][:, 0], [0, 1, 2])
     assert all(np.array_equal(s, seen[0]) for s in seen)
+    seen.clear()
+    with pytest.raises(
+        CheckError,
+        match=r"'batch_size' = 7 is larger than dataset 'test' \(5 examples\).*set batch_size to at most 5",
+    ):
+        measure(tmp_path, "batch_size = 7", *probes, data)
+    assert not seen  # refused before any call
     empty = Dataset(name="test", x=np.zeros((0, 1), dtype=np.float32), y=None, ids=np.array([], dtype=str))
     with pytest.raises(DataError, match="dataset 'test' has no examples to time"):
-        measure(tmp_path, "", wrap_model("teacher", Probe()), wrap_model("student", Probe()), empty)
+        measure(tmp_path, "", *probes, empty)
+
+
+def test_slow_models_still_time_enough_pairs_for_intervals(tmp_path: Path, digits: Dataset) -> None:
+    # each call takes 20 ms, so min_time_s is reached after the first pair: MIN_PAIRS still holds
+    _, teacher, student = fakes(slow_calls=10**9, slow_s=0.02)
+    m = measure(tmp_path, "warmup = 0\nmin_time_s = 0.001", teacher, student, digits)
+    assert m.extras["pairs"] == L.MIN_PAIRS == m.n
+    for name in ("speedup", "student_throughput", "student_p50_ms", "teacher_p50_ms"):
+        assert m.metrics[name].ci is not None, name
+    # max_pairs below it leaves one pair, and no interval pretending otherwise
+    m = measure(tmp_path, "warmup = 0\nmin_time_s = 0.001\nmax_pairs = 1", teacher, student, digits)
+    assert m.extras["pairs"] == 1
+    assert m.metrics["speedup"].ci is None and "1 timed pair is too few" in m.metrics["speedup"].note
+
+
+def _fixed_batch_pt2(path: Path, batch: int = 8) -> Path:
+    program = torch.export.export(build(LIGHT), (torch.zeros(batch, 64),))
+    torch.export.save(program, str(path))
+    return path
+
+
+@pytest.mark.parametrize("mistake", ["fixed-batch", "3-d-x", "classes"])
+def test_a_model_that_cannot_run_on_the_timing_batch_is_one_line(tmp_path: Path, digits: Dataset, mistake: str) -> None:
+    teacher = torch_model("teacher", HEAVY)
+    student, data, config, check = torch_model("student", LIGHT), digits, project(), "batch_size = 4"
+    if mistake == "fixed-batch":
+        path = _fixed_batch_pt2(tmp_path / "student.pt2")
+        student, config = load_model(ModelSpec("student", path=path)), project(path=path)
+    elif mistake == "3-d-x":
+        data = Dataset(name="test", x=digits.x.reshape(-1, 8, 8), y=None, ids=digits.ids)
+        teacher = wrap_model("teacher", torch.nn.Linear(64, 10).eval(), format="factory")  # rows of 64 features
+    else:
+        student = wrap_model("student", mlp(64, LIGHT, 7).eval(), format="factory")
+    with pytest.raises(ModelError) as info:
+        measure(tmp_path, check, teacher, student, data, config)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 800
+    if mistake == "classes":
+        assert message.startswith(
+            "models 'teacher' and 'student' disagree on the number of classes: 'teacher' outputs shape (4, 10), "
+            "'student' outputs shape (4, 7) on the timing batch of dataset 'test'"
+        )
+        return
+    culprit = "student" if mistake == "fixed-batch" else "teacher"  # the teacher runs first
+    assert message.startswith(f"model '{culprit}'")
+    if mistake == "fixed-batch":
+        assert str(path) in message or "student.pt2" in message
+    assert "cannot run on the latency timing batch of shape" in message
+    assert "export it with a dynamic batch dimension" in message and "torch.export.Dim('batch')" in message
 
 
 def test_a_device_other_than_the_loaded_one_is_an_error(tmp_path: Path, digits: Dataset) -> None:
@@ -542,6 +593,24 @@ threads = 1
 min_time_s = 0.3
 max = { speedup = 0.5 }
 """
+
+
+def test_strict_does_not_pass_speedup_on_one_pair(pytester: pytest.Pytester) -> None:
+    torch.save(build(LIGHT).state_dict(), pytester.path / "student.pt")
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites" / "speed.toml").write_text(
+        '[suite]\nname = "speed"\n\n[[check]]\nkind = "latency"\nid = "one"\nbatch_size = 32\nthreads = 1\n'
+        "max_pairs = 1\nmin = { speedup = 1.5 }\n"
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--distill", "--distill-gate", "strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*latency check 'one' of suite 'speed' failed: speedup = * not entirely >= min 1.5 "
+            "(gate: strict; no interval, so no evidence to pass); 1 timed pair is too few for a bootstrap interval*"
+        ]
+    )
 
 
 def test_the_kind_gates_through_pytest(pytester: pytest.Pytester) -> None:

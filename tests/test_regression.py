@@ -217,7 +217,10 @@ def test_stored_latency_ratio(project: Path, accepted: dict) -> None:
             "outcome": "passed",
             "dataset": "test",
             "models": {"teacher": "teacher", "student": "student"},
-            "metrics": {"student_p50_ms": {"value": 2.0, "ci": [1.9, 2.1]}},
+            "metrics": {
+                "student_p50_ms": {"value": 2.0, "ci": [1.9, 2.1]},
+                "speedup": {"value": 5.0, "ci": [4.8, 5.2]},
+            },
         }
     )
     now = CheckResult(
@@ -227,7 +230,7 @@ def test_stored_latency_ratio(project: Path, accepted: dict) -> None:
         id="latency",
         kind="latency",
         outcome="passed",
-        metrics={"student_p50_ms": Metric(3.0, (2.7, 3.3))},
+        metrics={"student_p50_ms": Metric(3.0, (2.7, 3.3)), "speedup": Metric(5.1, (4.7, 5.3))},
         models={"teacher": "teacher", "student": "broken_slice"},
     )
     write_json(project / "suites" / "stored.json", doc)
@@ -235,11 +238,78 @@ def test_stored_latency_ratio(project: Path, accepted: dict) -> None:
     (r,) = run(project, text, [now])
     ratio = r.metrics["p50_ms_increase_ratio"]
     assert ratio.value == 1.5
-    # MOVER on the log scale, by hand
+    # MOVER on the log scale, by hand: the measured ratio 3.0 / 2.0 ...
     d = math.log(3.0) - math.log(2.0)
     low = d - math.hypot(math.log(3.0) - math.log(2.7), math.log(2.1) - math.log(2.0))
     high = d + math.hypot(math.log(3.3) - math.log(3.0), math.log(2.0) - math.log(1.9))
-    assert ratio.ci == pytest.approx((math.exp(low), math.exp(high)))
+    # ... and the teacher-corrected one, stored speedup / current speedup = 5.0 / 5.1: the teacher
+    # slowed down by as much as the student, so the machine did
+    d_t = math.log(5.0) - math.log(5.1)
+    low_t = d_t - math.hypot(math.log(5.0) - math.log(4.8), math.log(5.3) - math.log(5.1))
+    high_t = d_t + math.hypot(math.log(5.2) - math.log(5.0), math.log(5.1) - math.log(4.7))
+    # their hull, widened by the 5% drift floor
+    expected = (math.exp(min(low, low_t)) / 1.05, math.exp(max(high, high_t)) * 1.05)
+    assert ratio.ci == pytest.approx(expected)
+    assert expected[0] < 1 < math.exp(low)  # the teacher-corrected ratio reaches "unchanged"
+
+
+def _timed_run(rng: np.random.Generator, machine: float, student_ms: float) -> tuple[Metric, Metric]:
+    """One simulated latency check: the student's p50 and the speedup, as the latency kind computes them.
+
+    ``machine`` scales every call of the run (the runner's speed that day); each pair shares a
+    moment's slowdown, and each call has its own noise.
+    """
+    from distill_eval.checks.latency import _ratio_of_medians
+    from distill_eval.latency import quantile_interval
+    from distill_eval.metrics import bootstrap_intervals
+
+    pairs = 400
+    moment = rng.lognormal(0.0, 0.05, size=pairs)
+    teacher = 10.0 * machine * moment * rng.lognormal(0.0, 0.1, size=pairs)
+    student = student_ms * machine * moment * rng.lognormal(0.0, 0.1, size=pairs)
+    estimate, ci, _ = quantile_interval(student, 0.5)
+    speedup = bootstrap_intervals(
+        {"s": _ratio_of_medians(teacher, student)}, pairs, n_resamples=300, rng=rng, method="percentile"
+    )["s"]
+    return Metric(estimate, ci), Metric(speedup.estimate, (speedup.low, speedup.high))
+
+
+def test_an_unchanged_student_on_a_drifting_machine_never_fails_with_evidence() -> None:
+    from distill_eval.checks.judge import judge
+    from distill_eval.checks.regression import drift_tolerant_ratio
+    from distill_eval.suite import Bound
+
+    rng = np.random.default_rng(3)
+    plain_excludes_one = 0
+    for _ in range(30):
+        base_p50, base_speedup = _timed_run(rng, rng.uniform(0.8, 1.25), 2.0)
+        p50, speedup = _timed_run(rng, rng.uniform(0.8, 1.25), 2.0)  # the same student, another day
+        plain = mover_ratio(p50, base_p50)
+        plain_excludes_one += not plain[0] <= 1 <= plain[1]
+        ci = drift_tolerant_ratio(p50, base_p50, speedup, base_speedup)
+        assert ci[0] <= 1 <= ci[1]
+        ratio = Metric(p50.value / base_p50.value, ci)
+        # no evidence of a slowdown: lenient does not fail it, strict passes a loose enough bound
+        assert judge_ok(judge, Bound, ratio, 1.1, "lenient")
+        assert judge_ok(judge, Bound, ratio, 1.6, "strict")
+    # the interval of the two p50s alone sees only each run's own noise: it excluded 1 again and again
+    assert plain_excludes_one >= 10
+
+    for _ in range(10):  # a planted 2x slowdown still fails, with evidence, whatever the drift
+        base_p50, base_speedup = _timed_run(rng, rng.uniform(0.8, 1.25), 2.0)
+        p50, speedup = _timed_run(rng, rng.uniform(0.8, 1.25), 4.0)
+        ratio = Metric(p50.value / base_p50.value, drift_tolerant_ratio(p50, base_p50, speedup, base_speedup))
+        assert not judge_ok(judge, Bound, ratio, 1.1, "lenient")
+        assert not judge_ok(judge, Bound, ratio, 1.1, "strict")
+
+
+def judge_ok(judge, bound, metric: Metric, limit: float, gate: str) -> bool:
+    from distill_eval.checks.base import Measurement
+
+    (result,) = judge(
+        Measurement({"p50_ms_increase_ratio": metric}), [bound("p50_ms_increase_ratio", "max", limit)], gate=gate
+    )
+    return result.ok
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,11 @@
 - ``strict``: the whole interval must satisfy it (passing needs evidence);
 - ``lenient``: fails only when the whole interval breaks it (failing needs evidence).
 
-A metric without an interval is judged on its estimate in every mode, and
-the message says so.
+Under ``strict`` a metric without an interval cannot pass: an interval is
+missing when there were too few examples (or timed calls) for one, and passing
+needs evidence. Under ``estimate`` and ``lenient`` such a metric is judged on its
+estimate, and the message says so. Exact values (counts, parameter counts,
+file sizes) carry the value itself as their interval and are judged in every mode.
 """
 
 from __future__ import annotations
@@ -58,7 +61,12 @@ class BoundResult:
             estimate_ok = self.value >= self.bound if self.op == "min" else self.value <= self.bound
             if estimate_ok:
                 rel = "not entirely >=" if self.op == "min" else "not entirely <="
-        gate = self.gate if self.ci or self.gate == "estimate" else f"{self.gate}; no interval, estimate used"
+        if self.ci or self.gate == "estimate":
+            gate = self.gate
+        elif self.gate == "strict":
+            gate = "strict; no interval, so no evidence to pass"
+        else:
+            gate = f"{self.gate}; no interval, estimate used"
         note = f"; {self.note}" if self.note else ""
         return (
             f"{name} = {format_number(self.value)}{ci} {rel} {self.op} {format_number(self.bound)} (gate: {gate}){note}"
@@ -159,12 +167,22 @@ def _inconclusive(bound: Bound, metric: Metric, n: int | None) -> str | None:
     return f"inconclusive: the interval straddles the bound; about {needed:,} examples (now {n:,}) would settle it"
 
 
+def _examples(n: int) -> str:
+    return f"{n:,} example{'' if n == 1 else 's'} {'is' if n == 1 else 'are'} too few"
+
+
 def _one(bound: Bound, metric: Metric, gate: str, slice_name: str | None, n: int | None = None) -> BoundResult:
     if metric.value is None:
         where = f" of slice '{slice_name}'" if slice_name else ""
         raise CheckError(
             f"cannot apply '{bound.op}' bound to {bound.metric}{where}: it is undefined on this data ({metric.note})"
         )
+    if gate == "strict" and metric.ci is None:
+        # passing needs evidence, and a metric without an interval has none
+        reason = metric.note or f"{'too few examples' if n is None else _examples(n)} for an interval"
+        if "too few" not in reason:
+            reason = f"too few examples for an interval ({reason})"
+        return BoundResult(bound.metric, bound.op, bound.value, False, metric.value, None, gate, slice_name, reason)
     ok = _satisfies(metric, bound, gate)
     # a verdict the interval does not support (strict fail, lenient pass) says what would settle it
     note = _inconclusive(bound, metric, n) if (not ok or gate == "lenient") else None

@@ -3,10 +3,15 @@
 Teacher and student are timed interleaved in one process (see
 :mod:`distill_eval.latency`): after ``warmup`` untimed calls of each, pairs of
 calls run in a seeded random order (teacher-then-student or the reverse), each
-call timed on its own, until ``min_time_s`` seconds of calls have been timed.
+call timed on its own, until ``min_time_s`` seconds of calls have been timed and
+at least :data:`~distill_eval.latency.MIN_PAIRS` (10) pairs, so that slow models
+still get intervals.
 Every call sees the same fixed batch: the first ``batch_size`` rows of the
-check's dataset (cycled if it has fewer). No labels and no model outputs are
-needed.
+check's dataset (a ``batch_size`` larger than the dataset is an error). No
+labels and no model outputs are needed. Each model is first called once,
+untimed, on that batch: a model that cannot run on it (a fixed-batch export,
+rows of the wrong shape) is an error naming the model, and so is a teacher and
+student that disagree on the number of classes.
 
 Why gate on ratios: a shared CI runner is slower at some moments than at
 others, and by different amounts from one run to the next. Absolute
@@ -19,13 +24,14 @@ and ``param_ratio`` and ``student_mb`` do not depend on the machine at all.
 Parameters (suite keys)
 -----------------------
 batch_size : int >= 1, default 1
-    Rows per timed call.
+    Rows per timed call; at most the dataset's size.
 warmup : int >= 0, default 10
     Untimed calls of each model before timing.
 min_time_s : float > 0, default 1.0
     Time pairs until the timed calls add up to this many seconds (both models).
 max_pairs : int >= 1, default 100000
-    A safety cap on the number of timed pairs.
+    A safety cap on the number of timed pairs. Below 10 it can leave a
+    metric without an interval, which a ``strict`` gate cannot pass.
 threads : int >= 1, optional
     ``torch.set_num_threads`` while timing (restored afterwards), and ONNX
     Runtime's intra-op threads; default: torch's current count.
@@ -75,6 +81,7 @@ per-call ms from the fastest call to the 99th percentile, ``edges``,
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,8 +91,8 @@ import numpy as np
 from distill_eval import latency as L
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
-from distill_eval.errors import CheckError, DataError
-from distill_eval.metrics.stats import Statistic, bootstrap_intervals, weighted_sum
+from distill_eval.errors import CheckError, DataError, ModelError
+from distill_eval.metrics.stats import MIN_BOOTSTRAP_EXAMPLES, Statistic, bootstrap_intervals, weighted_sum
 
 if TYPE_CHECKING:
     from distill_eval.config import ModelSpec
@@ -126,9 +133,23 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     if data.n == 0:
         raise DataError(f"dataset '{ctx.check.dataset}' has no examples to time the models on")
     batch_size = params["batch_size"]
-    batch = data.x[np.arange(batch_size) % data.n]
+    if batch_size > data.n:
+        raise CheckError(
+            f"'batch_size' = {batch_size} is larger than dataset '{ctx.check.dataset}' ({data.n} examples): "
+            f"every timed call runs on one batch of distinct rows of the dataset; set batch_size to at most "
+            f"{data.n} in this check, or time on a larger dataset"
+        )
+    batch = data.x[:batch_size]
     threads = params["threads"] or torch.get_num_threads()
     t_call, s_call = L.timed_call(teacher, batch, threads=threads), L.timed_call(student, batch, threads=threads)
+    classes = {model.name: _trial(ctx, call, model, batch) for model, call in ((teacher, t_call), (student, s_call))}
+    if classes[teacher.name] != classes[student.name]:
+        raise ModelError(
+            f"models '{teacher.name}' and '{student.name}' disagree on the number of classes: "
+            f"'{teacher.name}' outputs shape ({batch_size}, {classes[teacher.name]}), '{student.name}' outputs "
+            f"shape ({batch_size}, {classes[student.name]}) on the timing batch of dataset '{ctx.check.dataset}'; "
+            "a latency gate compares a student with the teacher it replaces, which predicts the same classes"
+        )
     timings = L.time_interleaved(
         t_call,
         s_call,
@@ -159,6 +180,12 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         r = boot[name]
         ci = (r.low, r.high) if r.low is not None and r.high is not None else None
         metrics[name] = Metric.of(r.estimate, ci, undefined="the student's median call took no measurable time")
+        if ci is None and metrics[name].value is not None and timings.pairs < MIN_BOOTSTRAP_EXAMPLES:
+            metrics[name] = Metric(
+                metrics[name].value,
+                None,
+                f"{timings.pairs} timed pair is too few for a bootstrap interval ('max_pairs' caps the pairs)",
+            )
 
     t_params, s_params = teacher.params, student.params
     metrics["student_params"] = _exact(s_params, f"model '{student.name}' ({student.format}) does not tell its size")
@@ -201,6 +228,48 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         "histogram": {"teacher": L.histogram(t_ms), "student": L.histogram(s_ms)},
     }
     return Measurement(metrics, extras=extras, n=timings.pairs)
+
+
+#: how to export a model that accepts any batch size (said when a trial call fails)
+_DYNAMIC_BATCH_HINT = (
+    "if the model was exported for a fixed batch size, export it with a dynamic batch dimension, e.g. "
+    "torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},)), or set this "
+    "check's 'batch_size' to the exported one; the dataset's rows must have the shape the model expects"
+)
+
+
+def _trial(ctx: CheckContext, call: L.TimedCall, model: Model, batch: np.ndarray) -> int:
+    """Run ``call`` once, untimed; return the number of classes it outputs.
+
+    A model that cannot run on the timing batch fails here with one line naming the model
+    and its file, rather than deep inside the timing loop.
+    """
+    import torch
+
+    spec = ctx.project.models.get(model.name)
+    where = f" ({spec.describe()})" if spec is not None else ""
+    what = f"the latency timing batch of shape {tuple(batch.shape)} (rows of dataset '{ctx.check.dataset}')"
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # as while timing: TorchScript's deprecation
+            out = call.call()
+            if call.sync is not None:
+                call.sync()
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 — the user's model failed on the user's data: one line, no traceback
+        lines = str(e).strip().splitlines()
+        first = lines[0][:300] if lines else ""
+        raise ModelError(
+            f"model '{model.name}'{where} cannot run on {what}: {type(e).__name__}: {first}; {_DYNAMIC_BATCH_HINT}"
+        ) from None
+    shape = tuple(out.shape) if hasattr(out, "shape") else np.shape(out)
+    if len(shape) != 2 or shape[0] != len(batch):
+        raise ModelError(
+            f"model '{model.name}'{where} returned outputs of shape {shape} for {what}; expected logits of shape "
+            f"({len(batch)}, n_classes)"
+        )
+    return int(shape[1])
 
 
 def _exact(value: float | None, undefined: str) -> Metric:

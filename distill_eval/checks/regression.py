@@ -47,8 +47,12 @@ kinds compute theirs). The interval is MOVER's (Zou & Donner 2008)::
 
 which recovers each side's asymmetry. The two students are scored on the same
 examples, so their estimates are positively correlated and the interval is
-conservative (too wide, never too narrow). The p50 ratio uses MOVER on the log
-scale. Without an interval on either side, the difference has none.
+conservative (too wide, never too narrow). Without an interval on either side,
+the difference has none. The p50 ratio compares timings of two runs, and the
+machine drifts between runs by more than either run's interval shows: its
+interval is the hull of MOVER's on the log scale and of the teacher-corrected
+ratio (baseline speedup / candidate speedup, the teacher being timed in both
+runs), widened by a 5% drift floor (:func:`drift_tolerant_ratio`).
 
 ``p50_ms_increase_ratio`` in paired mode: when one latency check timed both
 students (interleaved, as teacher and student), its ``speedup`` interval (a
@@ -78,7 +82,14 @@ from distill_eval.outputs import ModelOutputs
 if TYPE_CHECKING:
     from distill_eval.results import CheckResult
 
-__all__ = ["KIND", "mcnemar_difference_interval", "mover_difference", "mover_ratio"]
+__all__ = [
+    "DRIFT_FLOOR",
+    "KIND",
+    "drift_tolerant_ratio",
+    "mcnemar_difference_interval",
+    "mover_difference",
+    "mover_ratio",
+]
 
 METRICS = (
     "accuracy_drop",
@@ -164,6 +175,51 @@ def mover_difference(first: Metric, second: Metric) -> Interval | None:
     low = d - math.sqrt(max(a - l1, 0.0) ** 2 + max(u2 - b, 0.0) ** 2)
     high = d + math.sqrt(max(u1 - a, 0.0) ** 2 + max(b - l2, 0.0) ** 2)
     return low, high
+
+
+#: run-to-run drift of a p50 that no interval of one run sees: the stored-mode latency ratio's
+#: interval is widened by this factor either way (x / 1.05 .. x * 1.05)
+DRIFT_FLOOR = 0.05
+
+
+def drift_tolerant_ratio(
+    candidate_p50: Metric,
+    baseline_p50: Metric,
+    candidate_speedup: Metric | None,
+    baseline_speedup: Metric | None,
+) -> Interval | None:
+    """Interval of ``candidate p50 / baseline p50`` when the two were timed in different runs.
+
+    Each run's p50 interval only covers the noise *within* that run; between runs the machine
+    itself changes (load, frequency, another runner), so the plain MOVER interval of the two p50s
+    can exclude 1 for the very same model. The teacher, timed interleaved with the student in
+    both runs, measures that change: ``(c_s / c_t) / (b_s / b_t) = baseline speedup / candidate
+    speedup`` is the ratio with the machine's drift divided out, with its own MOVER interval
+    (log scale) from the two paired ``speedup`` intervals. Which of the two ratios is right
+    depends on whether the teacher's timings moved with the machine or not, so the interval is
+    the hull of both, widened by :data:`DRIFT_FLOOR` either way.
+
+    Parameters
+    ----------
+    candidate_p50, baseline_p50 : Metric
+        The student's p50 (ms) in this run and in the stored one, with their intervals.
+    candidate_speedup, baseline_speedup : Metric or None
+        Teacher p50 / student p50 of the same latency checks, with their paired intervals.
+
+    Returns
+    -------
+    (low, high) or None
+        None when either p50 has no interval.
+    """
+    measured = mover_ratio(candidate_p50, baseline_p50)
+    if measured is None:
+        return None
+    low, high = measured
+    if candidate_speedup is not None and baseline_speedup is not None:
+        corrected = mover_ratio(baseline_speedup, candidate_speedup)
+        if corrected is not None:
+            low, high = min(low, corrected[0]), max(high, corrected[1])
+    return low / (1 + DRIFT_FLOOR), high * (1 + DRIFT_FLOOR)
 
 
 def mover_ratio(numerator: Metric, denominator: Metric) -> Interval | None:
@@ -363,6 +419,7 @@ def _stored(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     s_kl, kl_from = stored("agreement", "kl")
     s_ece, ece_from = stored("calibration", "student_ece")
     s_p50, p50_from = stored("latency", "student_p50_ms")
+    s_speedup, _ = stored("latency", "speedup")
     _check_same_data(ctx, doc, path, [c for c in (acc_from, top1_from, kl_from, ece_from) if c])
 
     teacher, cand = ctx.pair()
@@ -400,7 +457,7 @@ def _stored(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         values["accuracy_drop"] = _difference(s_acc, c_acc)
         values["ece_increase"] = _difference(c_ece, s_ece)
         candidate |= {"accuracy": c_acc.value, "ece": c_ece.value}
-    values["p50_ms_increase_ratio"], c_p50 = _stored_latency(ctx, doc, s_p50)
+    values["p50_ms_increase_ratio"], c_p50 = _stored_latency(ctx, doc, s_p50, s_speedup)
     candidate["p50_ms"] = c_p50
     baseline = {
         "mode": "stored",
@@ -419,15 +476,17 @@ def _stored(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     )
 
 
-def _stored_latency(ctx: CheckContext, doc: Mapping[str, Any], stored: Metric) -> tuple[Metric, float | None]:
-    """p50 ratio: this suite's latency check of this run over the stored one."""
-    student, current = ctx.check.student, None
+def _stored_latency(
+    ctx: CheckContext, doc: Mapping[str, Any], stored: Metric, stored_speedup: Metric
+) -> tuple[Metric, float | None]:
+    """p50 ratio: this suite's latency check of this run over the stored one (drift-tolerant interval)."""
+    student, current, current_speedup = ctx.check.student, None, None
     for r in ctx.previous_results:
         same_suite = r.suite == ctx.suite.name and r.file == str(ctx.suite.file)
         if r.kind == "latency" and r.outcome != "error" and same_suite and r.models.get("student") == student:
             m = r.metrics.get("student_p50_ms")
             if m is not None and m.value is not None:
-                current = m
+                current, current_speedup = m, r.metrics.get("speedup")
                 break
     if stored.value is None:
         return Metric(None, None, f"latency unknown on the baseline's side: {stored.note}"), None
@@ -441,7 +500,9 @@ def _stored_latency(ctx: CheckContext, doc: Mapping[str, Any], stored: Metric) -
             ),
             None,
         )
-    return _ratio_metric(current, stored, _environment_note(doc)), current.value
+    speedups = (current_speedup, stored_speedup if stored_speedup.value is not None else None)
+    ci = drift_tolerant_ratio(current, stored, *speedups)
+    return _ratio_metric(current, stored, _environment_note(doc), ci=ci), current.value
 
 
 def _check_same_data(ctx: CheckContext, doc: Mapping[str, Any], path: Path, ids: list[str]) -> None:

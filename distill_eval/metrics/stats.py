@@ -119,6 +119,10 @@ class BootstrapInterval:
     n_resamples: int
 
 
+#: the fewest examples a bootstrap interval is computed from
+MIN_BOOTSTRAP_EXAMPLES = 2
+
+
 def weighted_sum(
     weights: ArrayLike,
     values: ArrayLike | None = None,
@@ -242,10 +246,11 @@ def bootstrap_intervals(
     -------
     intervals : dict of str to BootstrapInterval
         One entry per statistic, in the order given. Resamples on which a statistic is
-        NaN or infinite are dropped; when fewer than half remain, or the estimate itself
-        is not finite, ``low`` and ``high`` are None and ``method`` is ``"none"``. BCa
-        falls back to ``"percentile"`` when it degenerates (the estimate is outside the
-        resampled values, the jackknife values are all equal or not finite).
+        NaN or infinite are dropped; when fewer than half remain, the estimate itself
+        is not finite, or ``n`` is 1 (too few for an interval), ``low`` and ``high`` are
+        None and ``method`` is ``"none"``. BCa falls back to ``"percentile"`` when it
+        degenerates (the estimate is outside the resampled values, the jackknife values are
+        all equal or not finite).
 
     Notes
     -----
@@ -287,6 +292,7 @@ def bootstrap_intervals(
         supports,
         confidence,
         n_resamples,
+        n,
     )
 
 
@@ -298,13 +304,20 @@ def _intervals(
     supports: Mapping[str, tuple[float, float]],
     confidence: float,
     n_resamples: int,
+    n: int,
 ) -> dict[str, BootstrapInterval]:
     """Intervals from each statistic's estimate and resampled values (shared by both bootstrap engines).
 
     ``jackknife(names)`` gives the jackknife values of the statistics whose BCa intervals need them.
+    Fewer than :data:`MIN_BOOTSTRAP_EXAMPLES` examples give no interval: every resample of one
+    example is that example, and the zero-width interval it yields would be no evidence at all.
     """
     finite = {name: values[np.isfinite(values)] for name, values in resampled.items()}
-    valid = {name: bool(np.isfinite(estimates[name]) and 2 * finite[name].size >= n_resamples) for name in estimates}
+    enough = n >= MIN_BOOTSTRAP_EXAMPLES
+    valid = {
+        name: bool(enough and np.isfinite(estimates[name]) and 2 * finite[name].size >= n_resamples)
+        for name in estimates
+    }
     jackknifed = [name for name in estimates if methods[name] == "bca" and valid[name]]
     jack = jackknife(jackknifed) if jackknifed else {}
 

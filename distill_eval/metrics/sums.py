@@ -8,17 +8,20 @@ declares those sums once (:class:`WeightedSums`) and evaluates every resample of
 statistic in one pass over the examples (:func:`bootstrap_sums`), without ever holding a
 ``resamples x examples`` weight matrix:
 
-- resampling weights are Poisson(1), drawn independently per example and resample (the
-  Poisson bootstrap: Hanley & MacGibbon 2006; Chamandy et al. 2012), so they can be generated
-  block by block of examples, in cache, and never depend on the other blocks;
+- resampling weights are Poisson(1), independent per example and resample (the Poisson
+  bootstrap: Hanley & MacGibbon 2006; Chamandy et al. 2012), and each is a hash of (seed,
+  example index, resample index) (:func:`poisson_weights`), so they are generated block by
+  block of examples, in cache, and a statistic of some examples (one slice's) gets the same
+  resamples whatever else the check declares;
 - examples are sorted once by the combination of every grouping the statistics use (bins,
   classes, slice memberships), so a block of examples is a few runs of constant groups, and the
   sums of all columns over a run are one small matrix product;
 - the point estimate and the jackknife (for BCa) are computed exactly from per-group totals.
 
-A pass costs about 1.3-1.8 ns per example and resample to draw the weights (on one core; two
+A pass costs about 2.3 ns per example and resample to draw the weights (on one core; two
 other threads draw while one sums) plus well under a nanosecond per example, resample and
-column to sum them: about 2 s for 10^6 examples x 1000 resamples on two cores.
+column to sum them: about 2-4 s for 10^6 examples x 1000 resamples on two cores
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -58,26 +61,96 @@ def _poisson_cuts() -> NDArray[np.uint16]:
 _CUTS = _poisson_cuts()
 
 
-def poisson_weights(
-    rng: np.random.Generator, shape: tuple[int, int], *, out: NDArray[np.float32] | None = None
-) -> NDArray[np.float32]:
-    """Poisson(1) resampling weights of the given shape, float32, from 16 random bits each.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment (2**64 / golden ratio, odd)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
-    ``out`` (float32, C-contiguous, of ``shape``) is filled and returned if given: reusing
-    one buffer is three times faster than touching fresh memory for every block.
+
+def _splitmix64(seed: int, counters: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """SplitMix64's output for each counter (Steele, Lea & Flood 2014), in place on ``counters``.
+
+    The generator's ``c``-th output is a bijective mix of ``seed + (c + 1) * gamma``, so every
+    output is a pure function of ``(seed, c)``: a counter-based generator, vectorised.
     """
-    size = shape[0] * shape[1]
-    u = rng.bit_generator.random_raw(-(-size // 4)).view(np.uint16)[:size].reshape(shape)
+    z = counters
+    z += np.uint64(1)
+    z *= _GAMMA
+    z += np.uint64(seed)
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+#: resamples that share one row of hashes: resample ``64 c + 16 lane + q`` reads bits
+#: ``16 lane .. 16 lane + 15`` of hash row ``16 c + q``, so each lane fills 16 consecutive rows
+_LANE_ROWS = 16
+_CHUNK = 4 * _LANE_ROWS
+
+
+def poisson_weights(
+    seed: int,
+    examples: ArrayLike,
+    n_resamples: int,
+    *,
+    out: NDArray[np.float32] | None = None,
+) -> NDArray[np.float32]:
+    """Poisson(1) resampling weights of ``examples`` in resamples ``0 .. n_resamples - 1``, float32.
+
+    The weight of example ``i`` in resample ``r`` depends only on ``(seed, i, r)``: it is read
+    from 16 bits of the SplitMix64 hash of ``seed`` and the counter ``i * 2**32 + h``, where
+    hash row ``h = 16 (r // 64) + r % 16`` serves four resamples (one per 16-bit lane). Which
+    other examples are drawn, in which order or block, and how many resamples there are change
+    nothing, so a statistic of some examples (one slice's) has the same resamples whatever is
+    declared beside it.
+
+    Parameters
+    ----------
+    seed : int
+        In ``[0, 2**64)``.
+    examples : array-like of int of shape (m,)
+        Example indices, in ``[0, 2**32)``.
+    n_resamples : int
+        Rows of the result.
+    out : ndarray of float32 of shape (n_resamples, m), optional
+        Filled and returned if given: reusing one buffer is three times faster than touching
+        fresh memory for every block.
+
+    Returns
+    -------
+    ndarray of float32 of shape (n_resamples, m)
+        Counts 0, 1, ..., 8; each Poisson(1) probability is represented to within 2**-17 and
+        counts above 8 (probability 1e-6) are folded into 8.
+
+    Examples
+    --------
+    >>> w = poisson_weights(7, [3, 10, 11], 5)
+    >>> bool(np.array_equal(poisson_weights(7, [11, 3], 5), w[:, [2, 0]]))
+    True
+    """
+    shifted = np.asarray(examples, dtype=np.uint64) << np.uint64(32)
+    m = shifted.size
     if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    # compare against each cut in short pieces of rows, so the counts stay in cache
-    rows = max(1, 2**18 // shape[1])
-    for start in range(0, shape[0], rows):
-        part = u[start : start + rows]
-        total = np.greater_equal(part, _CUTS[0]).view(np.uint8)
-        for cut in _CUTS[1:]:
-            total += np.greater_equal(part, cut).view(np.uint8)
-        out[start : start + rows] = total
+        out = np.empty((n_resamples, m), dtype=np.float32)
+    chunks = -(-n_resamples // _CHUNK)
+    step = max(1, 2**17 // max(_LANE_ROWS * m, 1))  # chunks at a time: the hashes stay in cache
+    for c0 in range(0, chunks, step):
+        c1 = min(chunks, c0 + step)
+        rows = np.arange(c0 * _LANE_ROWS, c1 * _LANE_ROWS, dtype=np.uint64)
+        z = _splitmix64(seed, shifted[None, :] + rows[:, None]).reshape(c1 - c0, _LANE_ROWS, m)
+        r0, r1 = c0 * _CHUNK, c1 * _CHUNK
+        target = out[r0:r1] if r1 <= n_resamples else np.empty((r1 - r0, m), dtype=np.float32)
+        lanes = target.reshape(c1 - c0, 4, _LANE_ROWS, m)
+        for lane in range(4):
+            u = (z >> np.uint64(16 * lane)).astype(np.uint16)  # the cast keeps the low 16 bits
+            total = np.greater_equal(u, _CUTS[0]).view(np.uint8)
+            for cut in _CUTS[1:]:
+                total += np.greater_equal(u, cut).view(np.uint8)
+            lanes[:, lane] = total
+        if r1 > n_resamples:
+            out[r0:] = target[: n_resamples - r0]
     return out
 
 
@@ -220,16 +293,17 @@ class WeightedSums:
         families = [np.zeros((k, n_resamples)) for _, k, _ in self._families]  # a group's row is contiguous
         family_rows = [run_columns.index(c) for _, _, c in self._families]
         width = max(64, _BLOCK_BYTES // (4 * n_resamples))
-        streams = rng.integers(2**63, size=2)
+        seed = int(rng.integers(2**63, dtype=np.int64))
         blocks = range(0, n, width)  # each block's first example
         buffers = [np.empty((n_resamples, min(width, n)), dtype=np.float32) for _ in range(_AHEAD + 1)]
 
         def weights(b: int) -> NDArray[np.float32]:
-            # each block draws from its own stream, so the result never depends on threads or
-            # timing; buffers rotate: one is summed while the next ones are drawn
-            size = min(n, blocks[b] + width) - blocks[b]
-            out = buffers[b % len(buffers)] if size == buffers[0].shape[1] else None
-            return poisson_weights(np.random.default_rng([*streams, b]), (n_resamples, size), out=out)
+            # an example's weights hang on its own index, not on its block or its place in the
+            # sort, so the result never depends on threads, timing or the other statistics'
+            # groupings; buffers rotate: one is summed while the next ones are drawn
+            examples = order[blocks[b] : blocks[b] + width]
+            out = buffers[b % len(buffers)] if examples.size == buffers[0].shape[1] else None
+            return poisson_weights(seed, examples, n_resamples, out=out)
 
         # Drawing weights costs more than summing them: other threads draw while this one sums
         # with a single-threaded BLAS (a threaded one would spin on the cores the draws need).
@@ -349,7 +423,7 @@ def bootstrap_sums(
         left_out = _repeat(totals, blocks) - sums.blocks(block, blocks)
         return {name: _evaluate(name, statistics[name], left_out) for name in names}
 
-    return _intervals(estimates, resampled, jackknife, methods, supports, confidence, n_resamples)
+    return _intervals(estimates, resampled, jackknife, methods, supports, confidence, n_resamples, n)
 
 
 def _repeat(sums: Sums, k: int) -> Sums:

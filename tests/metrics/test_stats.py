@@ -18,6 +18,7 @@ import scipy.stats
 from distill_eval import metrics
 from distill_eval.metrics import BootstrapInterval, bootstrap_intervals, weighted_sum
 from distill_eval.metrics.stats import clopper_pearson_interval, wilson_interval
+from distill_eval.metrics.sums import WeightedSums, bootstrap_sums
 
 
 def mean_of(values):
@@ -336,7 +337,20 @@ def test_non_finite_estimate_gives_no_interval():
     assert result.n_resamples == 0  # inf * 0 is NaN: no resample is finite either
 
 
-@pytest.mark.parametrize("n", [1, 2, 7])
+def test_one_example_gives_no_interval_rather_than_a_zero_width_one():
+    # every resample of one example is that example: [x, x] would read as certainty
+    result = bootstrap_intervals({"mean": mean_of(np.array([29.89]))}, 1, n_resamples=200, rng=np.random.default_rng(0))
+    assert (result["mean"].estimate, result["mean"].low, result["mean"].high) == (29.89, None, None)
+    assert result["mean"].method == "none"
+    sums = WeightedSums(1)
+    total, value = sums.column(), sums.column([29.89])
+    result = bootstrap_sums(
+        {"mean": lambda s: s[value] / s[total]}, sums, n_resamples=200, rng=np.random.default_rng(0)
+    )
+    assert (result["mean"].low, result["mean"].high, result["mean"].method) == (None, None, "none")
+
+
+@pytest.mark.parametrize("n", [2, 7])
 def test_tiny_samples_still_give_an_interval(n):
     x = np.arange(n, dtype=float)
     result = bootstrap_intervals({"mean": mean_of(x)}, n, n_resamples=200, rng=np.random.default_rng(n))["mean"]

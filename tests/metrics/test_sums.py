@@ -61,12 +61,64 @@ def test_a_pass_with_many_short_runs_still_equals_the_weighted_sums(blocks: None
 
 
 def test_weights_are_poisson_one() -> None:
-    w = poisson_weights(np.random.default_rng(4), (400, 5000)).ravel()
+    w = poisson_weights(4, np.arange(5000), 400).ravel()
     assert w.dtype == np.float32
     assert w.mean() == pytest.approx(1.0, abs=0.005) and w.var() == pytest.approx(1.0, abs=0.01)
     observed = np.bincount(w.astype(int), minlength=6)[:6]
     expected = scipy.stats.poisson.pmf(np.arange(6), 1.0) * w.size
     assert scipy.stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
+
+
+def test_weights_are_independent_across_examples_and_resamples() -> None:
+    # neighbouring examples and resamples (the counters that differ by one bit) do not correlate
+    w = poisson_weights(11, np.arange(3000), 256).astype(np.float64)
+    for a, b in ((w[:, :-1], w[:, 1:]), (w[:-1], w[1:]), (w[:-16], w[16:]), (w[:-64], w[64:])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+
+
+def test_a_weight_depends_only_on_seed_example_and_resample() -> None:
+    full = poisson_weights(3, np.arange(1000), 300)
+    picked = np.array([999, 5, 512, 6, 0])
+    # other examples beside them, another order, fewer resamples: the same weights
+    np.testing.assert_array_equal(poisson_weights(3, picked, 300), full[:, picked])
+    np.testing.assert_array_equal(poisson_weights(3, picked, 77), full[:77, picked])
+    out = np.empty((300, 5), dtype=np.float32)
+    assert poisson_weights(3, picked, 300, out=out) is out
+    assert not np.array_equal(poisson_weights(4, picked, 300), full[:, picked])
+
+
+def test_one_slice_interval_does_not_move_when_another_slice_changes(blocks: None) -> None:
+    # a slices check declares every slice's sums in one pass; the sort by slice memberships
+    # used to decide which example drew which weights, so changing slice B moved slice A
+    rng = np.random.default_rng(8)
+    n = 3000
+    teacher, student = rng.random(n) < 0.85, rng.random(n) < 0.8
+    in_a = rng.random(n) < 0.3
+
+    def interval_of_a(in_b: np.ndarray):
+        sums = WeightedSums(n)
+        handles = {}
+        for name, mask in (("a", in_a), ("b", in_b)):
+            member = mask.astype(np.intp)
+            handles[name] = [sums.grouped(member, 2, v) for v in (None, student * 1.0, teacher * 1.0)]
+
+        def retention(name):
+            _, s, t = handles[name]
+            return lambda sm: sm[s][:, 1] / sm[t][:, 1]
+
+        def gap(name):
+            size, s, t = handles[name]
+            return lambda sm: (sm[t][:, 1] - sm[s][:, 1]) / sm[size][:, 1]
+
+        stats = {"a:retention": retention("a"), "a:gap": gap("a"), "b:gap": gap("b")}
+        res = bootstrap_sums(stats, sums, n_resamples=400, rng=np.random.default_rng(21))
+        return res
+
+    first = interval_of_a(rng.random(n) < 0.5)
+    second = interval_of_a(rng.random(n) < 0.1)
+    assert (first["b:gap"].low, first["b:gap"].high) != (second["b:gap"].low, second["b:gap"].high)
+    for name in ("a:retention", "a:gap"):
+        assert first[name] == second[name]  # bit for bit: estimate, ends, method, resamples
 
 
 def test_same_seed_same_sums_and_another_seed_other_sums() -> None:
