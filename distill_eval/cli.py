@@ -25,11 +25,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill_eval import __version__
+from distill_eval.errors import DistillWarning
 
 if TYPE_CHECKING:
     from distill_eval.config import ProjectConfig
@@ -769,12 +771,29 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_distill_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Our own warnings are sentences for the user: one line, without the source line that raised them."""
+    if issubclass(category, DistillWarning):
+        print(f"distill-eval: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     commands = {"report": _report, "train": _train, "predict": _predict, "cache": _cache, "docs": _docs}
     try:
-        return commands[args.command](args)  # argparse rejects unknown commands
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_distill_warning
+            return commands[args.command](args)  # argparse rejects unknown commands
     except BrokenPipeError:
         # The reader went away (`distill-eval cache | head`): stop quietly, as Unix tools do,
         # and keep Python from failing again when it flushes stdout at exit.

@@ -292,3 +292,24 @@ def test_a_closed_pipe_ends_the_listing_quietly(project: Path) -> None:
         f"{sys.executable} -m distill_eval cache | head -1", shell=True, cwd=project, capture_output=True, text=True
     )
     assert run.stdout.startswith("cache ") and "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.filterwarnings("default::distill_eval.errors.DistillWarning")
+def test_our_warnings_print_as_one_line(
+    project: Path, pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DistillWarning raised while the listing reads the datasets is a sentence, not Python's source dump."""
+    gate(pytester)
+    data = load_builtin("sklearn:digits", split="test")
+    header = ",".join([f"f{i}" for i in range(64)] + ["target"])
+    body = "\n".join(",".join(map(str, [*row, label])) for row, label in zip(data.x[:5], data.y[:5], strict=True))
+    (project / "target.csv").write_text(f"{header}\n{body}\n")
+    with (project / "pyproject.toml").open("a") as f:
+        f.write('\n[tool.distill_eval.datasets.csv]\npath = "target.csv"\n')
+    capsys.readouterr()
+    assert main(["cache"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    (line,) = [e for e in err if "target" in e]
+    assert line.startswith("distill-eval: warning: dataset 'csv': ")
+    assert "label_column" in line
+    assert not any(".py:" in e for e in err)  # no file:line, no source line
