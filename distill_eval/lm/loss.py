@@ -152,8 +152,9 @@ def token_kd_loss(
     >>> s = torch.zeros(1, 3, 5, requires_grad=True)
     >>> labels = torch.tensor([[-100, 1, 2]])
     >>> loss = token_kd_loss(s, torch.zeros(1, 3, 5), labels, alpha=1.0)
-    >>> float(loss), count_valid_tokens(labels)
-    (0.0, 2)
+    >>> loss.backward()
+    >>> float(loss.detach()), count_valid_tokens(labels), float(s.grad.abs().sum())
+    (0.0, 2, 0.0)
     """
     kind = _check_options(divergence, temperature, alpha, beta)
     if student_logits.ndim != 3:
