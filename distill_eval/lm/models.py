@@ -45,12 +45,14 @@ from distill_eval.errors import DistillWarning, ModelError
 # Private helpers of distill_eval.models, imported rather than copied: one factory import, one
 # state-dict reader, one .pt2 reader (with its refusal of archives that would run code).
 from distill_eval.models import (
+    Model,
     _call_factory,
     _first_line,
     _load_export,
     _load_weights,
     _torch_model,
     model_fingerprint,
+    parameter_fingerprint,
 )
 
 __all__ = ["TokenModel", "load_token_model", "shared_vocab", "token_model_fingerprint"]
@@ -135,6 +137,14 @@ class TokenModel:
             logits = _as_logits(self._forward(ids, mask), self.name)
         _check_logits(logits, tuple(ids.shape), self.true_vocab_size, self.name)
         return logits[..., : self.true_vocab_size]
+
+    def parameter_fingerprint(self, spec: ModelSpec | None = None) -> str | None:
+        """A sha256 of the loaded parameters and the true vocabulary (for a factory without weights).
+
+        As :func:`distill_eval.models.parameter_fingerprint`; None when the module has no state dict.
+        """
+        base = parameter_fingerprint(Model(self.name, self.format, _unused, module=self.module), spec)
+        return None if base is None else sha256_json({"model": base, "vocab_size": self.true_vocab_size})
 
 
 def load_token_model(
@@ -248,6 +258,10 @@ def token_model_fingerprint(
     if base is None:
         return None
     return sha256_json({"model": base, "vocab_size": vocab_size, "kind": "token"})
+
+
+def _unused(x: Any) -> Any:
+    raise NotImplementedError("a token model is called as model(input_ids, attention_mask)")
 
 
 # -- loaders -------------------------------------------------------------------

@@ -330,3 +330,15 @@ def test_hf_tokenizer_that_does_not_load_warns_and_falls_back_to_the_config(hf_d
     with pytest.warns(DistillWarning, match=r"model 'teacher': the tokenizer in .* does not load"):
         model = load_token_model(ModelSpec(name="teacher", path=broken))
     assert (model.true_vocab_size, model.vocab_source) == (300, "config.vocab_size")
+
+
+def test_parameter_fingerprint_follows_the_weights_the_kwargs_and_the_vocabulary():
+    spec = factory()
+    first = load_token_model(spec).parameter_fingerprint(spec)
+    assert load_token_model(spec).parameter_fingerprint(spec) == first  # same seed, same weights
+    changed = load_token_model(spec)
+    with torch.no_grad():
+        changed.module.head.bias[0] += 1.0
+    assert changed.parameter_fingerprint(spec) != first
+    assert load_token_model(spec).parameter_fingerprint(factory(seed=0)) != first  # the kwargs shape outputs too
+    assert load_token_model(spec, vocab_size=V - 1).parameter_fingerprint(spec) != first
