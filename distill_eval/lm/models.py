@@ -103,6 +103,9 @@ class TokenModel:
         Runs under :func:`torch.inference_mode`; the logits keep the model's floating dtype
         (a bfloat16 model gives bfloat16 logits: upcasting a whole ``(batch, length, vocab)``
         array to float32 is left to consumers that do it a chunk at a time).
+        The logits are inference tensors, fine as a teacher's targets in
+        :func:`distill_eval.lm.loss.token_kd_loss`; a student being trained is called through
+        :attr:`module` (in train mode) instead.
 
         Parameters
         ----------

@@ -340,3 +340,14 @@ def test_half_precision_logits_are_upcast_one_chunk_at_a_time():
         loss.backward()
     assert 0 < spy.largest <= 8 * 50 < student.numel()  # never the whole (batch, length, vocab) in float32
     assert student.grad.dtype == torch.bfloat16
+
+
+def test_teacher_logits_from_inference_mode_train_a_student():
+    g = torch.Generator().manual_seed(12)
+    with torch.inference_mode():  # as a TokenModel teacher gives them, with a padded head
+        teacher = torch.randn(2, 6, V + 5, generator=g)
+    student = torch.randn(2, 6, V, generator=g).requires_grad_(True)
+    labels = torch.randint(0, V, (2, 6), generator=g)
+    loss = token_kd_loss(student, teacher, labels, vocab_size=V)
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and torch.count_nonzero(student.grad) > 0
