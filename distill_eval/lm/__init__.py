@@ -15,6 +15,12 @@ therefore never stores them:
 - :mod:`~distill_eval.lm.cluster` turns per-token values into token-weighted and
   per-sequence means, and bootstraps them by resampling *sequences* (tokens of one sequence
   are not independent) through :func:`distill_eval.metrics.sums.bootstrap_sums`.
+- :mod:`~distill_eval.lm.models` loads token-level models (a Hugging Face directory with the
+  ``[hf]`` extra, a ``"module:callable"`` factory, a ``.pt2`` with dynamic batch and length)
+  behind one call, ``model(input_ids, attention_mask) -> logits`` over the true vocabulary.
+- :mod:`~distill_eval.lm.loss` is the trainer's masked token KD loss (forward KL x T^2 + CE,
+  reverse KL, JSD(beta)), normalised by the scored tokens of the whole step, chunked so the
+  logits are never upcast at once.
 
 Conventions: the logits at position ``t`` score ``labels[t + 1]``; ``-100`` is not scored; a
 position is scored only when it and the next one are attended, so the last position never is.
