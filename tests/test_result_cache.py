@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import planted
 import pytest
+from test_leakage import PYPROJECT  # a teacher and student that never load, two datasets
 
 from distill_eval import DistillSession, load_project_config, load_suite
 from distill_eval.checks import KINDS, CheckContext
@@ -125,23 +126,6 @@ def test_a_leakage_search_is_computed_once_and_recomputed_when_its_inputs_change
 
 
 # -- through pytest: progress lines, a second run from the cache, the listing's KIND ----------
-
-PYPROJECT = """
-[tool.distill_eval]
-device = "cpu"
-
-[tool.distill_eval.models.teacher]
-path = "missing_teacher.pt"
-
-[tool.distill_eval.models.student]
-path = "missing_student.pt"
-
-[tool.distill_eval.datasets.test]
-path = "test.npz"
-
-[tool.distill_eval.datasets.train]
-path = "train.npz"
-"""
 
 SUITE = """
 [suite]
