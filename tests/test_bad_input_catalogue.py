@@ -563,11 +563,20 @@ CASES = [
         "kind-without-token-data",
         "error",
         [
-            "*suites/gate.toml: slices check 'slices' could not be computed: check 'slices': kind slices does not "
-            "evaluate token data yet, and dataset 'test' holds token sequences; kinds that do: *agreement*"
+            "*suites/gate.toml: latency check 'latency' could not be computed: check 'latency': kind latency does "
+            "not evaluate token data yet, and dataset 'test' holds token sequences; kinds that do: *agreement*"
         ],
-        suite=slices_suite('{ name = "start", where = "label == 1" }'),
+        suite=latency_suite(),
         files=(token_npz,),
+    ),
+    Case(
+        "position-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: slices check 'slices' could not be computed: slice 'start': field 'position' is not "
+            "available for this dataset*"
+        ],
+        suite=slices_suite('{ name = "start", where = "position < 5" }'),
     ),
     Case(
         "seq-len-without-bytes",

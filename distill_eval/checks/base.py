@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
     from distill_eval.lm.pairstats import TokenStats
+    from distill_eval.lm.tokens import TokenDataset
     from distill_eval.models import Model
     from distill_eval.outputs import ModelOutputs, OutputCache
     from distill_eval.progress import Progress
@@ -164,6 +165,8 @@ class OutputSource(Protocol):
 
     def is_token_dataset(self, name: str) -> bool: ...
 
+    def token_dataset(self, name: str) -> TokenDataset: ...
+
     def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats: ...
 
     @property
@@ -194,6 +197,11 @@ class CheckContext:
         """Whether the check's dataset holds token sequences (language-model data)."""
         probe = getattr(self._source, "is_token_dataset", None)
         return bool(probe and probe(self.check.dataset))
+
+    @property
+    def token_dataset(self) -> TokenDataset:
+        """The check's token dataset (sequences, ids, per-sequence meta)."""
+        return self._source.token_dataset(self.check.dataset)
 
     def token_stats(self, *, top_k: int | None = None) -> TokenStats:
         """The teacher's and student's paired per-token statistics on the check's token dataset."""

@@ -24,7 +24,7 @@ VOCAB = {BYTE_VOCAB_SIZE}
 
 
 class TinyLM(torch.nn.Module):
-    def __init__(self, noise=0.0, seed=1):
+    def __init__(self, noise=0.0, seed=1, bad_rows=0):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.embed = torch.nn.Embedding(VOCAB, 16)
@@ -36,13 +36,16 @@ class TinyLM(torch.nn.Module):
             if noise:
                 n = torch.Generator().manual_seed(seed)
                 self.head.weight.add_(noise * torch.randn(VOCAB, 16, generator=n))
+            if bad_rows:  # a planted defect: the inputs below bad_rows are embedded wrongly
+                n = torch.Generator().manual_seed(seed)
+                self.embed.weight[:bad_rows].add_(2.0 * torch.randn(bad_rows, 16, generator=n))
 
     def forward(self, input_ids, attention_mask):
         return self.head(self.embed(input_ids))
 
 
-def build(noise=0.0, seed=1):
-    return TinyLM(noise, seed)
+def build(noise=0.0, seed=1, bad_rows=0):
+    return TinyLM(noise, seed, bad_rows)
 """
 
 PYPROJECT = """
@@ -229,3 +232,64 @@ def _agreement(stats: TokenStats):
 def test_every_token_metric_may_be_bounded() -> None:
     assert set(AGREEMENT_METRICS) <= set(KINDS["agreement"].bound_metrics)
     assert set(CALIBRATION_METRICS) <= set(KINDS["calibration"].bound_metrics)
+
+
+SLICED = """
+[suite]
+name = "lm-slices"
+dataset = "mixed"
+bootstrap = 200
+
+[[check]]
+id = "good"
+kind = "slices"
+metric = "agreement"
+min_support = 20
+slices = [
+    { name = "low-ids", where = "meta.group == 1" },
+    { name = "high-ids", where = "meta.group == 0" },
+    { name = "start", where = "position < 5" },
+    { name = "unsure", where = "teacher_entropy > quantile(teacher_entropy, 0.5)" },
+]
+min = { retention = 0.8 }
+
+[[check]]
+id = "patchy"
+kind = "slices"
+metric = "agreement"
+student = "patchy"
+min_support = 20
+slices = [
+    { name = "low-ids", where = "meta.group == 1" },
+    { name = "high-ids", where = "meta.group == 0" },
+]
+min = { retention = 0.8 }
+"""
+
+
+def test_token_slices_by_meta_position_and_entropy_find_a_planted_defect(lm_project: pytest.Pytester) -> None:
+    # group 1 reads only ids below 50, which the patchy student embeds wrongly; group 0 never does
+    rng = np.random.default_rng(1)
+    group = np.arange(30) % 2
+    ids = np.where(group[:, None] == 1, rng.integers(0, 50, (30, 16)), rng.integers(50, BYTE_VOCAB_SIZE, (30, 16)))
+    np.savez(lm_project.path / "mixed.npz", input_ids=ids, meta_group=group)
+    pyproject = PYPROJECT + '\n[tool.distill_eval.datasets.mixed]\npath = "mixed.npz"\n'
+    pyproject += '\n[tool.distill_eval.models.patchy]\nfactory = "tiny_lm:build"\nkwargs = { bad_rows = 50 }\n'
+    lm_project.makefile(".toml", pyproject=pyproject)
+    (lm_project.path / "suites" / "lm.toml").unlink()
+    (lm_project.path / "suites" / "slices.toml").write_text(SLICED)
+    result = lm_project.runpytest("-p", "no:cacheprovider", "--distill")
+    result.assert_outcomes(passed=1, failed=1)
+    by_id = {c["id"]: c for c in _checks(lm_project)}
+    assert by_id["good"]["outcome"] == "passed" and by_id["patchy"]["outcome"] == "failed"
+    good = {sl["name"]: sl for sl in by_id["good"]["slices"]}
+    patchy = {sl["name"]: sl for sl in by_id["patchy"]["slices"]}
+    # supports counted from the arrays: 15 sequences x 15 scored tokens each; positions 1..4 of all 30
+    assert good["low-ids"]["support"] == good["high-ids"]["support"] == 15 * 15
+    assert good["start"]["support"] == 30 * 4
+    assert abs(good["unsure"]["support"] - 30 * 15 / 2) <= 30
+    assert patchy["low-ids"]["retention"]["value"] < 0.8 <= patchy["high-ids"]["retention"]["value"]
+    assert "retention of slice 'low-ids'" in by_id["patchy"]["message"]
+    for sl in good.values():
+        low, high = sl["retention"]["ci"]
+        assert low <= sl["retention"]["value"] <= high
