@@ -22,7 +22,7 @@ from distill_eval.lm.pairstats import TokenStats
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.sums import SumStatistic
 
-__all__ = ["AGREEMENT_METRICS", "CALIBRATION_METRICS", "token_agreement", "token_calibration"]
+__all__ = ["AGREEMENT_METRICS", "CALIBRATION_METRICS", "TokenIntervals", "token_agreement", "token_calibration"]
 
 #: kind ``agreement`` on token data, in report order
 AGREEMENT_METRICS = (
@@ -48,7 +48,7 @@ CALIBRATION_METRICS = ("student_ece", "teacher_ece", "ece_gap", "student_nll", "
 _NONNEGATIVE = (0.0, np.inf)
 
 
-class _TokenIntervals:
+class TokenIntervals:
     """A check's token statistics, bootstrapped together by resampling sequences (paired)."""
 
     def __init__(self, ctx: CheckContext, stats: TokenStats):
@@ -115,7 +115,7 @@ def token_agreement(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement
         )
     k = params["k"]
     st = _stats(ctx, k)
-    iv = _TokenIntervals(ctx, st)
+    iv = TokenIntervals(ctx, st)
     sums = iv.sums
     s_hit = (st.student_argmax == st.label).astype(np.float64)
     t_hit = (st.teacher_argmax == st.label).astype(np.float64)
@@ -150,7 +150,7 @@ def _ece(sums: SequenceSums, confidence: np.ndarray, hit: np.ndarray, bins: int,
 def token_calibration(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     """Kind ``calibration`` on token data: the student's next-token confidence against its accuracy."""
     st = _stats(ctx)
-    iv = _TokenIntervals(ctx, st)
+    iv = TokenIntervals(ctx, st)
     sums = iv.sums
     bins, binning = params["bins"], params["binning"]
     s_conf, t_conf = st.student_max_prob.astype(np.float64), st.teacher_max_prob.astype(np.float64)

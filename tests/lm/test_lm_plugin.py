@@ -293,3 +293,50 @@ def test_token_slices_by_meta_position_and_entropy_find_a_planted_defect(lm_proj
     for sl in good.values():
         low, high = sl["retention"]["ci"]
         assert low <= sl["retention"]["value"] <= high
+
+
+COPIES = """
+[suite]
+name = "lm-copies"
+dataset = "tokens"
+bootstrap = 200
+
+[[check]]
+id = "copycat"
+kind = "copied_errors"
+max = { copy_rate = 0.5 }
+
+[[check]]
+id = "independent"
+kind = "copied_errors"
+student = "broken"
+max = { copy_rate = 0.5 }
+"""
+
+
+def test_token_copied_errors_catch_a_student_that_repeats_the_teacher_s_wrong_tokens(
+    lm_project: pytest.Pytester,
+) -> None:
+    (lm_project.path / "suites" / "lm.toml").write_text(COPIES)
+    lm_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=1, failed=1)
+    by_id = {c["id"]: c for c in _checks(lm_project)}
+    assert by_id["copycat"]["outcome"] == "failed" and by_id["independent"]["outcome"] == "passed"
+    copycat, independent = by_id["copycat"]["metrics"], by_id["independent"]["metrics"]
+    assert copycat["teacher_errors"]["value"] == independent["teacher_errors"]["value"] > 100
+    # the near-copy of the teacher repeats its wrong next tokens far above chance
+    assert copycat["copy_lift"]["ci"][0] > 1 and copycat["copy_rate"]["value"] > independent["copy_rate"]["value"]
+    for name in ("copy_rate", "copied_share", "error_consistency", "copy_lift"):
+        low, high = copycat[name]["ci"]
+        assert low <= copycat[name]["value"] <= high, name
+
+
+def test_token_chance_copy_rate_is_the_student_s_confusion_at_the_teacher_s_wrong_tokens() -> None:
+    from distill_eval.checks.copied_errors import _token_chance
+
+    rng = np.random.default_rng(3)
+    y, t, s = (rng.integers(0, 7, 400) for _ in range(3))
+    expected = []
+    for i in np.flatnonzero(t != y):  # by definition, one teacher error at a time
+        same_label = y == y[i]
+        expected.append(np.mean(s[same_label] == t[i]))
+    assert math.isclose(_token_chance(y, t, s), float(np.mean(expected)), rel_tol=1e-12)
