@@ -203,9 +203,11 @@ class CheckContext:
         """The check's token dataset (sequences, ids, per-sequence meta)."""
         return self._source.token_dataset(self.check.dataset)
 
-    def token_stats(self, *, top_k: int | None = None) -> TokenStats:
-        """The teacher's and student's paired per-token statistics on the check's token dataset."""
-        return self._source.token_stats(self.check.teacher, self.check.student, self.check.dataset, top_k=top_k)
+    def token_stats(self, *, top_k: int | None = None, student: str | None = None) -> TokenStats:
+        """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset."""
+        return self._source.token_stats(
+            self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k
+        )
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
         """A model's outputs, validated against the dataset's labels."""

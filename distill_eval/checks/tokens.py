@@ -22,7 +22,14 @@ from distill_eval.lm.pairstats import TokenStats
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.sums import SumStatistic
 
-__all__ = ["AGREEMENT_METRICS", "CALIBRATION_METRICS", "TokenIntervals", "token_agreement", "token_calibration"]
+__all__ = [
+    "AGREEMENT_METRICS",
+    "CALIBRATION_METRICS",
+    "TokenIntervals",
+    "token_agreement",
+    "token_calibration",
+    "token_ece",
+]
 
 #: kind ``agreement`` on token data, in report order
 AGREEMENT_METRICS = (
@@ -138,7 +145,7 @@ def token_agreement(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement
     return Measurement(metrics, extras=_extras(st) | {"k": k}, n=len(sums.units))
 
 
-def _ece(sums: SequenceSums, confidence: np.ndarray, hit: np.ndarray, bins: int, binning: str) -> SumStatistic:
+def token_ece(sums: SequenceSums, confidence: np.ndarray, hit: np.ndarray, bins: int, binning: str) -> SumStatistic:
     """Token ECE, ``sum_b |sum_{t in b} (hit_t - conf_t)| / tokens``, as a statistic of per-sequence sums."""
     index, edges = bin_index(confidence, bins=bins, binning=binning)
     gap = hit.astype(np.float64) - confidence
@@ -154,8 +161,8 @@ def token_calibration(ctx: CheckContext, params: Mapping[str, Any]) -> Measureme
     sums = iv.sums
     bins, binning = params["bins"], params["binning"]
     s_conf, t_conf = st.student_max_prob.astype(np.float64), st.teacher_max_prob.astype(np.float64)
-    student = _ece(sums, s_conf, st.student_argmax == st.label, bins, binning)
-    teacher = _ece(sums, t_conf, st.teacher_argmax == st.label, bins, binning)
+    student = token_ece(sums, s_conf, st.student_argmax == st.label, bins, binning)
+    teacher = token_ece(sums, t_conf, st.teacher_argmax == st.label, bins, binning)
     # Absolute calibration errors are biased upward: the basic bootstrap removes what resampling reproduces.
     iv.add("student_ece", student, method="basic", support=_NONNEGATIVE)
     iv.add("teacher_ece", teacher, method="basic", support=_NONNEGATIVE)

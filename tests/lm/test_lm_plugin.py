@@ -340,3 +340,53 @@ def test_token_chance_copy_rate_is_the_student_s_confusion_at_the_teacher_s_wron
         same_label = y == y[i]
         expected.append(np.mean(s[same_label] == t[i]))
     assert math.isclose(_token_chance(y, t, s), float(np.mean(expected)), rel_tol=1e-12)
+
+
+REGRESSION = """
+[suite]
+name = "lm-regression"
+dataset = "tokens"
+bootstrap = 200
+
+[[check]]
+id = "same"
+kind = "regression"
+baseline = "student"
+max = { agreement_drop = 0.02, kl_increase = 0.05 }
+
+[[check]]
+id = "worse"
+kind = "regression"
+student = "broken"
+baseline = "student"
+max = { agreement_drop = 0.02, kl_increase = 0.05 }
+
+[[check]]
+id = "accepted"
+kind = "agreement"
+
+[[check]]
+id = "candidate"
+kind = "agreement"
+student = "broken"
+"""
+
+
+def test_token_regression_is_paired_on_the_same_tokens(lm_project: pytest.Pytester) -> None:
+    (lm_project.path / "suites" / "lm.toml").write_text(REGRESSION)
+    lm_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=3, failed=1)
+    by_id = {c["id"]: c for c in _checks(lm_project)}
+    assert by_id["same"]["outcome"] == "passed" and by_id["worse"]["outcome"] == "failed"
+    same, worse = by_id["same"]["metrics"], by_id["worse"]["metrics"]
+    assert all(same[name]["value"] == 0 and same[name]["ci"] == [0, 0] for name in same)  # a student vs itself
+    accepted, candidate = by_id["accepted"]["metrics"], by_id["candidate"]["metrics"]
+    # the drops are the differences of what the agreement checks measured on the same tokens
+    for drop, metric, sign in (
+        ("accuracy_drop", "accuracy", 1),
+        ("agreement_drop", "top1", 1),
+        ("kl_increase", "kl", -1),
+    ):
+        expected = sign * (accepted[metric]["value"] - candidate[metric]["value"])
+        assert math.isclose(worse[drop]["value"], expected, rel_tol=1e-6, abs_tol=1e-9), drop
+        low, high = worse[drop]["ci"]
+        assert low <= worse[drop]["value"] <= high and low > 0, drop
