@@ -133,10 +133,15 @@ class ProjectConfig:
         new_models = dict(self.models)
         for name, path in (models or {}).items():
             # A path given on the command line replaces how the model is loaded entirely,
-            # but keeps `trusted` from the config: trust is a property of the project.
+            # but keeps `trusted` (and a language model's `vocab_size`) from the config: trust is a
+            # property of the project.
             old = new_models.get(name)
             new_models[name] = ModelSpec(
-                name=name, path=_resolve(base, path), trusted=bool(old and old.trusted), table={"path": path}
+                name=name,
+                path=_resolve(base, path),
+                trusted=bool(old and old.trusted),
+                vocab_size=old.vocab_size if old else None,  # the tokenizer's size, not the file's
+                table={"path": path},
             )
         new_datasets = dict(self.datasets)
         for name, value in (datasets or {}).items():
