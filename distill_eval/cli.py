@@ -310,10 +310,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 _CACHE_EPILOG = """\
 kinds (KIND):
-  outputs    a model's logits on a dataset
-  leakage    a leakage check's duplicate search (exact and near) of one dataset in another
-  discovery  a slices check's discovered groups (discover = true)
-  leakage and discovery entries are keyed by the content of the arrays they read, their
+  outputs      a model's logits on a dataset
+  leakage      a leakage check's duplicate search (exact and near) of one dataset in another
+  discovery    a slices check's discovered groups (discover = true)
+  token-pairs  a teacher's and a student's paired per-token statistics on a token dataset
+  leakage, discovery and token-pairs entries are keyed by the content of what they read, their
   settings and the code that computes them; they are stale once a dataset they read changed
   or left the config, and unknown otherwise (what the suites ask is not read here)
 
@@ -464,6 +465,7 @@ class _ProjectKeys:
     def of(cls, project: ProjectConfig) -> _ProjectKeys:
         from distill_eval.data import load_dataset
         from distill_eval.errors import DistillError
+        from distill_eval.lm.session import holds_tokens, load_token_spec
         from distill_eval.models import model_fingerprint, resolve_device
         from distill_eval.session import output_cache_key
 
@@ -491,6 +493,9 @@ class _ProjectKeys:
         loaded = {}
         for name, spec in project.datasets.items():
             try:
+                if holds_tokens(spec):  # token data keys pair statistics, listed as token-pairs results
+                    keys.datasets[name] = load_token_spec(spec).sha256
+                    continue
                 loaded[name] = load_dataset(spec)
             except DistillError as e:
                 keys.unknown_datasets[name] = str(e)

@@ -18,6 +18,7 @@ from distill_eval._tables import TableReader
 from distill_eval.errors import ConfigError
 
 __all__ = [
+    "TOKEN_SOURCES",
     "DatasetSpec",
     "ModelSpec",
     "ProjectConfig",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 BUILTIN_SOURCES = ("sklearn:digits", "sklearn:iris", "sklearn:wine", "sklearn:breast_cancer")
+#: built-in token-level (language-model) sources: the byte-level corpus of Python's own docstrings
+TOKEN_SOURCES = ("builtin:bytes",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ModelSpec:
     weights: Path | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     trusted: bool = False
+    #: the true vocabulary size of a language model (token datasets only); None: the model says
+    vocab_size: int | None = None
     #: the table as written, for ``pytest_distill_load_model`` hooks that read extra keys
     table: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -67,6 +72,8 @@ class DatasetSpec:
     split: str | None = None
     label_column: str = "label"
     id_column: str = "id"
+    #: tokens per sequence of the built-in byte corpus (``source = "builtin:bytes"``)
+    seq_len: int | None = None
     table: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:
@@ -126,14 +133,19 @@ class ProjectConfig:
         new_models = dict(self.models)
         for name, path in (models or {}).items():
             # A path given on the command line replaces how the model is loaded entirely,
-            # but keeps `trusted` from the config: trust is a property of the project.
+            # but keeps `trusted` (and a language model's `vocab_size`) from the config: trust is a
+            # property of the project.
             old = new_models.get(name)
             new_models[name] = ModelSpec(
-                name=name, path=_resolve(base, path), trusted=bool(old and old.trusted), table={"path": path}
+                name=name,
+                path=_resolve(base, path),
+                trusted=bool(old and old.trusted),
+                vocab_size=old.vocab_size if old else None,  # the tokenizer's size, not the file's
+                table={"path": path},
             )
         new_datasets = dict(self.datasets)
         for name, value in (datasets or {}).items():
-            if value in BUILTIN_SOURCES or value.startswith("sklearn:"):
+            if value in BUILTIN_SOURCES + TOKEN_SOURCES or value.startswith("sklearn:"):
                 spec = _dataset_spec(name, {"source": value}, file="--distill-dataset", base=base)
             else:
                 spec = DatasetSpec(name=name, path=_resolve(base, value), table={"path": value})
@@ -243,6 +255,7 @@ def _model_spec(name: str, table: Any, *, file: str, base: Path, where: str | No
     weights = r.string("weights", None)
     kwargs = r.table_of("kwargs", {})
     trusted = r.boolean("trusted", False)
+    vocab_size = r.integer("vocab_size", None, minimum=1)
     # Extra keys are allowed only when a hook consumes them: declare them under `options`.
     r.table_of("options", {})
     r.finish()
@@ -259,6 +272,7 @@ def _model_spec(name: str, table: Any, *, file: str, base: Path, where: str | No
         weights=_resolve(base, weights) if weights else None,
         kwargs=dict(kwargs),
         trusted=trusted,
+        vocab_size=vocab_size,
         table=dict(table),
     )
 
@@ -270,19 +284,20 @@ def _dataset_spec(name: str, table: Any, *, file: str, base: Path, where: str | 
     split = r.string("split", None, choices=("train", "test", "all"))
     label_column = r.string("label_column", "label")
     id_column = r.string("id_column", "id")
+    seq_len = r.integer("seq_len", None, minimum=2)
     r.table_of("options", {})
     r.finish()
     if path and source:
         raise r.error("set either 'path' or 'source', not both")
     if source is not None:
-        if source not in BUILTIN_SOURCES:
-            raise r.error(
-                f"'source' must be one of {one_of(BUILTIN_SOURCES)}, got {source!r}"
-                f"{did_you_mean(source, BUILTIN_SOURCES)}"
-            )
+        known = BUILTIN_SOURCES + TOKEN_SOURCES
+        if source not in known:
+            raise r.error(f"'source' must be one of {one_of(known)}, got {source!r}{did_you_mean(source, known)}")
         split = split or "test"
     elif split is not None:
         raise r.error("'split' applies only to a built-in 'source'")
+    if seq_len is not None and source not in TOKEN_SOURCES:
+        raise r.error(f"'seq_len' applies only to source = {TOKEN_SOURCES[0]!r} (a file's sequences keep their length)")
     return DatasetSpec(
         name=name,
         path=_resolve(base, path) if path else None,
@@ -290,6 +305,7 @@ def _dataset_spec(name: str, table: Any, *, file: str, base: Path, where: str | 
         split=split,
         label_column=label_column,
         id_column=id_column,
+        seq_len=seq_len,
         table=dict(table),
     )
 

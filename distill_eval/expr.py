@@ -56,6 +56,7 @@ _FIELD_KINDS: dict[str, str | None] = {
     "teacher_entropy": "number",
     "teacher_correct": "bool",
     "student_correct": "bool",
+    "position": "number",  # token data only: the scored token's position in its sequence
 }
 
 FIELDS: frozenset[str] = frozenset(_FIELD_KINDS)

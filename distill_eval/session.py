@@ -13,14 +13,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill_eval._hashing import sha256_file, sha256_json
 from distill_eval.checks import KINDS, CheckContext
 from distill_eval.checks.judge import judge
 from distill_eval.config import ProjectConfig
 from distill_eval.data import Dataset, load_dataset, require_finite_inputs
-from distill_eval.errors import ConfigError, DataError, DistillError
+from distill_eval.errors import CheckError, ConfigError, DataError, DistillError, ModelError
 from distill_eval.models import (
     Model,
     load_model,
@@ -35,7 +35,15 @@ from distill_eval.progress import Progress
 from distill_eval.results import CheckResult
 from distill_eval.suite import CheckSpec, SuiteSpec
 
+if TYPE_CHECKING:
+    from distill_eval.lm.models import TokenModel
+    from distill_eval.lm.pairstats import TokenStats
+    from distill_eval.lm.tokens import TokenDataset
+
 __all__ = ["DistillSession", "output_cache_key"]
+
+#: the top-k a check that does not read the top-k columns asks for (so it shares agreement's entry)
+DEFAULT_TOP_K = 5
 
 Loader = Callable[[str, Any], Any]
 
@@ -126,6 +134,12 @@ class DistillSession:
         self._file_sha256: dict[Path, str] = {}  # model files, hashed once per session
         self._outputs: dict[tuple[str, str], ModelOutputs] = {}
         self._cached_facts: dict[str, dict[str, Any]] = {}  # params/format of models served from cache
+        # token-level (language-model) data: datasets, models and paired statistics
+        self._is_tokens: dict[str, bool] = {}
+        self._token_datasets: dict[str, TokenDataset] = {}
+        self._token_models: dict[str, TokenModel] = {}
+        self._token_fingerprints: dict[str, str | None] = {}
+        self._token_stats: dict[tuple[str, str, str, int], TokenStats] = {}
         self.results: list[CheckResult] = []
         #: checks collected but deselected (``-k``, ``-m``): ``{"suite", "file", "id", "kind"}``, file as in results
         self.deselected: list[dict[str, str]] = []
@@ -148,11 +162,16 @@ class DistillSession:
         return self._device
 
     def dataset(self, name: str) -> Dataset:
-        """The dataset ``name``, loaded on first use."""
+        """The (classification) dataset ``name``, loaded on first use."""
         if name not in self._datasets:
             spec = self.project.datasets.get(name)
             if spec is None:
                 raise ConfigError(f"dataset {name!r} is not defined in [tool.distill_eval.datasets]")
+            if self.is_token_dataset(name):
+                raise DataError(
+                    f"dataset '{name}' ({spec.describe()}) holds token sequences (language-model data), but this "
+                    "reads classification examples (features and labels)"
+                )
             data = self._load_dataset_hook(name, spec) if self._load_dataset_hook else None
             if data is None:
                 data = load_dataset(spec)
@@ -200,6 +219,13 @@ class DistillSession:
         if model not in self.project.models:
             raise ConfigError(f"model {model!r} is not defined in [tool.distill_eval.models]")
         data = self.dataset(dataset)
+        if self.project.models[model].vocab_size is not None:
+            raise ConfigError(
+                f"model '{model}' sets vocab_size, which only a language model on token data has, but dataset "
+                f"'{dataset}' holds classification examples; expected a token dataset (an .npz/.pt file with "
+                f'input_ids, or source = "builtin:bytes"), or remove vocab_size from '
+                f"[tool.distill_eval.models.{model}]"
+            )
         require_finite_inputs(data, purpose=f"model '{model}'")  # bad rows are the data's fault, not the model's
         fp = self.fingerprint(model)
         cache_key = None
@@ -240,6 +266,155 @@ class DistillSession:
         self._outputs[key] = out
         return out
 
+    # -- token-level data ----------------------------------------------------
+
+    def is_token_dataset(self, name: str) -> bool:
+        """Whether dataset ``name`` holds token sequences (``input_ids``, or ``source = "builtin:bytes"``)."""
+        if name not in self._is_tokens:
+            from distill_eval.lm.session import holds_tokens
+
+            spec = self.project.datasets.get(name)
+            self._is_tokens[name] = spec is not None and holds_tokens(spec)
+        return self._is_tokens[name]
+
+    def token_dataset(self, name: str) -> TokenDataset:
+        """The token dataset ``name``, loaded on first use."""
+        if name not in self._token_datasets:
+            from distill_eval.lm.session import load_token_spec
+
+            spec = self.project.datasets.get(name)
+            if spec is None:
+                raise ConfigError(f"dataset {name!r} is not defined in [tool.distill_eval.datasets]")
+            if not self.is_token_dataset(name):
+                raise DataError(
+                    f"dataset '{name}' ({spec.describe()}) holds classification examples, but this reads token "
+                    'sequences; expected an .npz/.pt file with input_ids, or source = "builtin:bytes"'
+                )
+            self._token_datasets[name] = load_token_spec(spec)
+        return self._token_datasets[name]
+
+    def token_model(self, name: str, dataset: str) -> TokenModel:
+        """Language model ``name`` (for token dataset ``dataset``), loaded on first use.
+
+        Raises
+        ------
+        ModelError
+            When it is not a language model: the message names the model, the dataset and what was expected.
+        """
+        if name not in self._token_models:
+            from distill_eval.lm.models import load_token_model
+
+            spec = self.project.models.get(name)
+            if spec is None:
+                raise ConfigError(f"model {name!r} is not defined in [tool.distill_eval.models]")
+            start = time.perf_counter()
+            try:
+                model = load_token_model(spec, device=self.device, vocab_size=spec.vocab_size)
+            except ModelError as e:
+                raise ModelError(
+                    f"{e}; dataset '{dataset}' holds token sequences, so model '{name}' must be a language model "
+                    "(forward(input_ids, attention_mask) -> logits of shape (batch, length, vocab))"
+                ) from e
+            self._token_models[name] = model
+            self._log(
+                f"loaded model '{name}' ({model.format}, {spec.describe()}, vocabulary {model.true_vocab_size}) "
+                f"in {time.perf_counter() - start:.2f} s"
+            )
+        return self._token_models[name]
+
+    def token_fingerprint(self, name: str, dataset: str) -> str | None:
+        """What identifies language model ``name``'s logits: its files, or its parameters once loaded."""
+        if name not in self._token_fingerprints:
+            from distill_eval.lm.models import token_model_fingerprint
+
+            spec = self.project.models[name]
+            fp = token_model_fingerprint(spec, vocab_size=spec.vocab_size, sha256=self._sha256)
+            if fp is None:
+                fp = self.token_model(name, dataset).parameter_fingerprint(spec)
+            self._token_fingerprints[name] = fp
+        return self._token_fingerprints[name]
+
+    def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats:
+        """Paired per-token statistics of ``teacher`` and ``student`` on token dataset ``dataset``.
+
+        Computed once per (teacher, student, dataset, top-k), both models on the same batch of
+        ``batch_size`` sequences, and kept in the output cache. ``top_k=None``: any ``k`` already
+        computed in this run, else :data:`DEFAULT_TOP_K`.
+        """
+        from distill_eval.lm.models import shared_vocab
+        from distill_eval.lm.pairstats import stream_pair_stats
+        from distill_eval.lm.session import PAIR_KIND, pack_stats, pair_stats_key, unpack_stats
+
+        if top_k is None:
+            known = [k for (t, s, d, k) in self._token_stats if (t, s, d) == (teacher, student, dataset)]
+            top_k = known[0] if known else DEFAULT_TOP_K
+        key = (teacher, student, dataset, top_k)
+        if key in self._token_stats:
+            return self._token_stats[key]
+        for name in (teacher, student):
+            if name not in self.project.models:
+                raise ConfigError(f"model {name!r} is not defined in [tool.distill_eval.models]")
+        data = self.token_dataset(dataset)
+        fps = self.token_fingerprint(teacher, dataset), self.token_fingerprint(student, dataset)
+        cache_key = None
+        if None not in fps:
+            cache_key = pair_stats_key(
+                fps[0],
+                fps[1],
+                data,
+                top_k=top_k,
+                device=self.device,
+                batch_size=self.project.batch_size,
+                torch_version=torch_version(),
+            )
+        records, _, warning = self.cache.load(cache_key) if cache_key else (None, {}, None)
+        if warning:
+            self.warnings.append(warning)
+            self._log(warning)
+        stats = None
+        if records is not None:
+            try:
+                stats = unpack_stats(records)
+            except ValueError:
+                stats = None
+        what = f"{teacher} vs {student} on {dataset}"
+        if stats is not None:
+            self._log(f"{what}: {stats.n} tokens of {data.n_sequences} sequences from cache")
+        else:
+            t_model, s_model = self.token_model(teacher, dataset), self.token_model(student, dataset)
+            vocab = shared_vocab(t_model, s_model)
+            start = time.perf_counter()
+            with Progress(self._log, what, data.n_sequences, unit="sequences") as progress:
+                stats = stream_pair_stats(
+                    data,
+                    t_model,
+                    s_model,
+                    vocab_size=vocab,
+                    batch_size=self.project.batch_size,
+                    top_k=top_k,
+                    device=self.device,
+                    progress=progress.update,
+                )
+            self._log(
+                f"{what}: {stats.n} tokens of {data.n_sequences} sequences in {time.perf_counter() - start:.2f} s "
+                f"({t_model.device})"
+            )
+            if cache_key:
+                self.cache.store(
+                    cache_key,
+                    pack_stats(stats),
+                    {
+                        "kind": PAIR_KIND,
+                        "model": f"{teacher}+{student}",
+                        "dataset": dataset,
+                        "models": {teacher: fps[0], student: fps[1]},
+                        "datasets": {dataset: data.sha256},
+                        "top_k": top_k,
+                    },
+                )
+        self._token_stats[key] = stats
+        return stats
+
     # -- checks --------------------------------------------------------------
 
     def run_check(self, suite: SuiteSpec, check: CheckSpec) -> CheckResult:
@@ -247,6 +422,7 @@ class DistillSession:
         kind = KINDS[check.kind]
         gate = self.gate or check.gate or suite.gate
         start = time.perf_counter()
+        self._check_data_type(check)
         measurement = kind.compute(CheckContext(suite, check, self), check.params)
         bounds = judge(
             measurement,
@@ -278,6 +454,29 @@ class DistillSession:
             dataset=check.dataset,
             duration_s=time.perf_counter() - start,
         )
+
+    def _check_data_type(self, check: CheckSpec) -> None:
+        """A check of token data must be of a kind that reads tokens, and bound only its token metrics (and back)."""
+        kind = KINDS[check.kind]
+        if check.dataset not in self.project.datasets:
+            return  # reported where the dataset is read
+        tokens = self.is_token_dataset(check.dataset)
+        if tokens and not kind.token_metrics:
+            readers = ", ".join(name for name, k in KINDS.items() if k.token_metrics)
+            raise CheckError(
+                f"check '{check.id}': kind {check.kind} does not evaluate token data yet, and dataset "
+                f"'{check.dataset}' holds token sequences; kinds that do: {readers}"
+            )
+        if not kind.token_metrics:
+            return
+        applicable = kind.token_metrics if tokens else kind.metrics + kind.slice_metrics
+        for bound in check.bounds:
+            if bound.metric not in applicable:
+                data = "token sequences" if tokens else "classification examples"
+                raise CheckError(
+                    f"check '{check.id}' bounds {bound.metric}, which kind {check.kind} does not compute on "
+                    f"dataset '{check.dataset}': it holds {data}; metrics there: {', '.join(applicable)}"
+                )
 
     def error_result(self, suite: SuiteSpec, check: CheckSpec, error: BaseException) -> CheckResult:
         """A result for a check that could not be computed."""
@@ -338,7 +537,8 @@ class DistillSession:
     def model_provenance(self) -> dict[str, dict[str, Any]]:
         """What results.json says about every model this session touched."""
         out: dict[str, dict[str, Any]] = {}
-        names = {m for m, _ in self._outputs} | set(self._models)
+        names = {m for m, _ in self._outputs} | set(self._models) | set(self._token_models)
+        names |= {m for t, s, _, _ in self._token_stats for m in (t, s)}
         for name in sorted(names):
             spec = self.project.models[name]
             info: dict[str, Any] = {
@@ -352,12 +552,12 @@ class DistillSession:
                 info["bytes"] = sum(os.path.getsize(p) for p in files)
             else:
                 info["sha256"] = None
-            model = self._models.get(name)
+            model = self._models.get(name) or self._token_models.get(name)
             facts = {"params": model.params, "format": model.format} if model else self._cached_facts.get(name, {})
             info["params"] = facts.get("params")
             info["format"] = facts.get("format")
             info["loaded"] = model is not None
-            info["fingerprint"] = self._fingerprints.get(name)
+            info["fingerprint"] = self._fingerprints.get(name) or self._token_fingerprints.get(name)
             manifest = _trainer_manifest(files[-1]) if files else None
             if manifest is not None:
                 info["manifest"] = manifest
@@ -366,4 +566,5 @@ class DistillSession:
 
     def dataset_provenance(self) -> dict[str, dict[str, Any]]:
         out = {name: data.describe() for name, data in self._datasets.items()}
+        out.update({name: data.describe() for name, data in self._token_datasets.items()})
         return dict(sorted({**self.worker_datasets, **out}.items()))

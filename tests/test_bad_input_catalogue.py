@@ -140,6 +140,12 @@ def latency_suite(extra: str = "") -> str:
     return f'[suite]\nname = "gate"\n\n[[check]]\nkind = "latency"\nwarmup = 1\nmin_time_s = 0.01\n{extra}'
 
 
+def token_npz(folder: Path) -> None:
+    """``test.npz`` as token data: 10 sequences of 8 byte ids (a language model's dataset)."""
+    rng = np.random.default_rng(0)
+    np.savez(folder / "test.npz", input_ids=rng.integers(0, 259, (10, 8)))
+
+
 def ids_file(folder: Path) -> None:
     (folder / "suites" / "hard.txt").write_text("# known hard examples\n0\n1\nnope-1\nnope-2\n")
 
@@ -509,6 +515,88 @@ CASES = [
             "(gate: strict; no interval, so no evidence to pass); 1 timed pair is too few for a bootstrap interval *"
         ],
         suite=latency_suite('gate = "strict"\nmax_pairs = 1\nmin = { speedup = 0.01 }\n'),
+    ),
+    # -- token-level (language-model) data -----------------------------------------------------
+    Case(
+        "classification-model-on-token-data",
+        "error",
+        [
+            "*suites/gate.toml: agreement check 'agreement' could not be computed: model 'teacher': "
+            "forward(input_ids, attention_mask) on a batch of shape (1, 2) failed: *; dataset 'test' holds token "
+            "sequences, so model 'teacher' must be a language model (forward(input_ids, attention_mask) -> logits "
+            "of shape (batch, length, vocab))"
+        ],
+        files=(token_npz,),
+    ),
+    Case(
+        "language-model-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: agreement check 'agreement' could not be computed: model 'student' sets vocab_size, "
+            "which only a language model on token data has, but dataset 'test' holds classification examples; "
+            "expected a token dataset (*), or remove vocab_size from [[]tool.distill_eval.models.student]"
+        ],
+        pyproject=((STUDENT, f"{STUDENT}\nvocab_size = 259"),),
+    ),
+    Case(
+        "token-metric-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: agreement check 'agreement' could not be computed: check 'agreement' bounds "
+            "perplexity, which kind agreement does not compute on dataset 'test': it holds classification "
+            "examples; metrics there: top1, topk, kl, *"
+        ],
+        suite=SUITE.replace("min = { top1 = 0.5 }", "max = { perplexity = 10 }"),
+    ),
+    Case(
+        "classification-metric-on-token-data",
+        "error",
+        [
+            "*suites/gate.toml: agreement check 'agreement' could not be computed: check 'agreement' bounds kappa, "
+            "which kind agreement does not compute on dataset 'test': it holds token sequences; metrics there: "
+            "top1, topk, top_k_overlap, *"
+        ],
+        suite=SUITE.replace("min = { top1 = 0.5 }", "min = { kappa = 0.5 }"),
+        files=(token_npz,),
+    ),
+    Case(
+        "kind-without-token-data",
+        "error",
+        [
+            "*suites/gate.toml: latency check 'latency' could not be computed: check 'latency': kind latency does "
+            "not evaluate token data yet, and dataset 'test' holds token sequences; kinds that do: *agreement*"
+        ],
+        suite=latency_suite(),
+        files=(token_npz,),
+    ),
+    Case(
+        "position-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: slices check 'slices' could not be computed: slice 'start': field 'position' is not "
+            "available for this dataset*"
+        ],
+        suite=slices_suite('{ name = "start", where = "position < 5" }'),
+    ),
+    Case(
+        "stored-regression-on-token-data",
+        "error",
+        [
+            "*suites/gate.toml: regression check 'regression' could not be computed: check 'regression': on token "
+            "data (dataset 'test' holds token sequences) a regression is paired only: set 'baseline' to the "
+            "accepted student's model name"
+        ],
+        suite='[suite]\nname = "gate"\n\n[[check]]\nkind = "regression"\n',
+        files=(token_npz,),
+    ),
+    Case(
+        "seq-len-without-bytes",
+        "usage",
+        [
+            "ERROR: */pyproject.toml: [[]tool.distill_eval.datasets.test]: 'seq_len' applies only to "
+            "source = 'builtin:bytes' (a file's sequences keep their length)"
+        ],
+        pyproject=((DATASET, f"{DATASET}\nseq_len = 64"),),
     ),
 ]
 

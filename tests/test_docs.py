@@ -108,9 +108,13 @@ def test_every_kind_metric_and_parameter_is_documented(tmp_path: Path, readers: 
     assert undocumented(suite_keys, section(page, "The `[suite]` table")) == []
     common = section(page, "Keys every check has")
     check_keys = {where: keys for where, keys in readers if where and where.startswith("check '")}
+    tokens = section(page, "## Token-level (language-model) data")
     for kind in KINDS:
         text = section(page, f"## {kind}")
-        assert undocumented(set(KINDS[kind].bound_metrics), text) == [], kind
+        assert undocumented(set(KINDS[kind].metrics + KINDS[kind].slice_metrics), text) == [], kind
+        if KINDS[kind].token_metrics:
+            on_tokens = section(tokens, f"### {kind} on token data")
+            assert undocumented(set(KINDS[kind].token_metrics), on_tokens) == [], kind
         keys = check_keys[f"check '{kind}'"]
         missing = [key for key in undocumented(keys, text) if undocumented({key}, common)]
         assert missing == [], kind

@@ -43,6 +43,7 @@ def make_fields(n: int = N, seed: int = 0) -> dict[str, np.ndarray]:
         "meta.age": rng.integers(18, 90, n),
         "meta.score": rng.normal(size=n),
         "meta.flagged": rng.random(n) < 0.3,
+        "position": rng.integers(1, 64, n),  # token data's field, drawn last: the others keep their values
     }
 
 
@@ -279,6 +280,7 @@ def test_public_api() -> None:
         "teacher_entropy",
         "teacher_correct",
         "student_correct",
+        "position",
     }
     expr = parse("  teacher_conf > 0.5  ")
     assert isinstance(expr, Expression)

@@ -12,6 +12,7 @@ from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.checks.intervals import Intervals
+from distill_eval.checks.tokens import AGREEMENT_METRICS, token_agreement
 from distill_eval.report.extras import agreement_extras
 
 #: the metrics that compare with the labels (undefined without them)
@@ -41,6 +42,8 @@ def _kappa(intervals: Intervals, a: np.ndarray, b: np.ndarray, n_classes: int):
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    if ctx.is_tokens:
+        return token_agreement(ctx, params)
     ctx.require_labels_for(LABEL_METRICS)
     teacher, student = ctx.pair()
     t_logits, s_logits = teacher.logits, student.logits
@@ -104,4 +107,5 @@ KIND = CheckKind(
     ),
     read_params=read_params,
     compute=compute,
+    token_metrics=AGREEMENT_METRICS,
 )

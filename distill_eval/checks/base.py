@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from distill_eval._tables import TableReader
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
+    from distill_eval.lm.pairstats import TokenStats
+    from distill_eval.lm.tokens import TokenDataset
     from distill_eval.models import Model
     from distill_eval.outputs import ModelOutputs, OutputCache
     from distill_eval.progress import Progress
@@ -130,6 +132,10 @@ class CheckKind:
     extra_models, extra_datasets : callable
         ``params -> [(key, name)]``: further models/datasets the check reads,
         validated against the project config at collection time.
+    token_metrics : tuple of str
+        The metrics the kind computes on token-level (language-model) data; empty when the kind
+        does not evaluate token data. On token data only these may be bounded, on
+        classification data only :attr:`metrics` and :attr:`slice_metrics`.
     """
 
     name: str
@@ -140,10 +146,12 @@ class CheckKind:
     extra_models: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] = _no_models
     extra_datasets: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] = _no_models
     uses_models: bool = True
+    token_metrics: tuple[str, ...] = ()
 
     @property
     def bound_metrics(self) -> tuple[str, ...]:
-        return self.metrics + self.slice_metrics
+        """Every metric a suite may bound: classification and token-level."""
+        return tuple(dict.fromkeys(self.metrics + self.slice_metrics + self.token_metrics))
 
 
 class OutputSource(Protocol):
@@ -154,6 +162,12 @@ class OutputSource(Protocol):
     def outputs(self, model: str, dataset: str) -> ModelOutputs: ...
 
     def model(self, name: str) -> Model: ...
+
+    def is_token_dataset(self, name: str) -> bool: ...
+
+    def token_dataset(self, name: str) -> TokenDataset: ...
+
+    def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats: ...
 
     @property
     def project(self) -> ProjectConfig: ...
@@ -177,6 +191,23 @@ class CheckContext:
     @property
     def dataset(self) -> Dataset:
         return self._source.dataset(self.check.dataset)
+
+    @property
+    def is_tokens(self) -> bool:
+        """Whether the check's dataset holds token sequences (language-model data)."""
+        probe = getattr(self._source, "is_token_dataset", None)
+        return bool(probe and probe(self.check.dataset))
+
+    @property
+    def token_dataset(self) -> TokenDataset:
+        """The check's token dataset (sequences, ids, per-sequence meta)."""
+        return self._source.token_dataset(self.check.dataset)
+
+    def token_stats(self, *, top_k: int | None = None, student: str | None = None) -> TokenStats:
+        """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset."""
+        return self._source.token_stats(
+            self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k
+        )
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
         """A model's outputs, validated against the dataset's labels."""

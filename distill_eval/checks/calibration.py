@@ -12,6 +12,7 @@ from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.checks.intervals import Intervals
+from distill_eval.checks.tokens import CALIBRATION_METRICS, token_calibration
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.probabilities import top_probability
 from distill_eval.metrics.stats import weighted_sum
@@ -82,6 +83,8 @@ def _ece_at(logits: np.ndarray, y: np.ndarray, temperature: float, bins: int, bi
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    if ctx.is_tokens:
+        return token_calibration(ctx, params)
     y = ctx.labels  # before the models: no labels, no work
     teacher, student = ctx.pair()
     bins, binning = params["bins"], params["binning"]
@@ -181,4 +184,5 @@ KIND = CheckKind(
     ),
     read_params=read_params,
     compute=compute,
+    token_metrics=CALIBRATION_METRICS,
 )

@@ -19,6 +19,7 @@ from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.checks.intervals import AFFORDABLE, Intervals
 from distill_eval.data import ids_file_mask
+from distill_eval.errors import CheckError
 from distill_eval.metrics.stats import clopper_pearson_interval
 from distill_eval.report.extras import copied_errors_extras
 
@@ -81,7 +82,84 @@ def _error_consistency(intervals: Intervals, t_hit: np.ndarray, s_hit: np.ndarra
     return statistic
 
 
+#: what kind ``copied_errors`` computes on token data
+TOKEN_METRICS = ("teacher_errors", "copy_rate", "chance_copy_rate", "copy_lift", "error_consistency", "copied_share")
+
+
+def _token_chance(y: np.ndarray, t: np.ndarray, s: np.ndarray) -> float:
+    """The chance copy rate on tokens: ``mean over the teacher's errors of P(student says t_i | label y_i)``.
+
+    ``P`` is the student's empirical confusion (label -> student argmax) over every scored token,
+    kept as the cells that occur (a vocabulary's full grid would not fit).
+    """
+    wrong = t != y
+    if not wrong.any():
+        return float("nan")
+    width = int(max(y.max(), t.max(), s.max())) + 1
+    cells, counts = np.unique(y.astype(np.int64) * width + s, return_counts=True)
+    per_label = np.bincount(y, minlength=width)
+    wanted = y[wrong].astype(np.int64) * width + t[wrong]
+    at = np.minimum(np.searchsorted(cells, wanted), len(cells) - 1)
+    same = np.where(cells[at] == wanted, counts[at], 0)
+    return float((same / per_label[y[wrong]]).mean())
+
+
+def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    """Copied errors on token data: the student repeating the teacher's wrong next token, against chance."""
+    from distill_eval.checks.tokens import TokenIntervals
+
+    unsupported = [key for key in ("known_failures", "control") if params[key] is not None]
+    if unsupported:
+        raise CheckError(
+            f"check '{ctx.check.id}': '{unsupported[0]}' applies only to classification data; dataset "
+            f"'{ctx.check.dataset}' holds token sequences"
+        )
+    st = ctx.token_stats()
+    y, t, s = st.label, st.teacher_argmax, st.student_argmax
+    t_wrong, s_wrong = t != y, s != y
+    copied = t_wrong & (s == t)
+    iv = TokenIntervals(ctx, st)
+    sums = iv.sums
+    n_copied, n_t_wrong, n_s_wrong = (sums.token_sum(v.astype(np.float64)) for v in (copied, t_wrong, s_wrong))
+    iv.add("copy_rate", lambda w: w[n_copied] / w[n_t_wrong])
+    iv.add("copied_share", lambda w: w[n_copied] / w[n_s_wrong])
+    t_hit, s_hit, same = (sums.token_sum(v.astype(np.float64)) for v in (~t_wrong, ~s_wrong, t_wrong == s_wrong))
+    tokens = sums.tokens
+
+    def consistency(w) -> np.ndarray:
+        a_t, a_s, observed = w[t_hit] / w[tokens], w[s_hit] / w[tokens], w[same] / w[tokens]
+        expected = a_t * a_s + (1 - a_t) * (1 - a_s)
+        return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+
+    iv.add("error_consistency", consistency)
+    no_errors = "the teacher predicts every next token correctly"
+    metrics = iv.measure(
+        {
+            "copy_rate": no_errors,
+            "copied_share": "the student predicts every next token correctly",
+            "error_consistency": "expected error agreement is 1 (a model is always right or always wrong)",
+        }
+    )
+    chance = _token_chance(y, t, s)
+    rate = metrics["copy_rate"]
+    metrics["teacher_errors"] = Metric.exact(float(t_wrong.sum()))
+    # The chance rate is a plug-in estimate from the student's confusion; the lift's interval holds it fixed.
+    metrics["chance_copy_rate"] = Metric.of(chance, undefined=no_errors)
+    if rate.value is None or not chance > 0:
+        metrics["copy_lift"] = Metric(None, None, no_errors if rate.value is None else "chance copy rate is 0")
+    else:
+        ci = (rate.ci[0] / chance, rate.ci[1] / chance) if rate.ci else None
+        metrics["copy_lift"] = Metric.of(rate.value / chance, ci)
+    return Measurement(
+        {name: metrics[name] for name in TOKEN_METRICS},
+        extras={"tokens": st.n, "sequences": len(sums.units)},
+        n=len(sums.units),
+    )
+
+
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    if ctx.is_tokens:
+        return _token_compute(ctx, params)
     y = ctx.labels  # before the models: no labels, no work
     teacher, student = ctx.pair()
     t, s = teacher.preds, student.preds
@@ -186,4 +264,5 @@ KIND = CheckKind(
     read_params=read_params,
     compute=compute,
     extra_models=extra_models,
+    token_metrics=TOKEN_METRICS,
 )

@@ -520,7 +520,46 @@ def _check_same_data(ctx: CheckContext, doc: Mapping[str, Any], path: Path, ids:
         )
 
 
+#: what kind ``regression`` computes on token data (paired mode)
+TOKEN_METRICS = ("accuracy_drop", "agreement_drop", "ece_increase", "kl_increase", "negative_flip_rate")
+
+
+def _token_paired(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    """Paired regression on token data: both students' per-token values on the same tokens, resampling sequences."""
+    from distill_eval.checks.tokens import TokenIntervals, token_ece
+
+    name = params["baseline"]
+    if not name:
+        raise CheckError(
+            f"check '{ctx.check.id}': on token data (dataset '{ctx.check.dataset}' holds token sequences) a "
+            "regression is paired only: set 'baseline' to the accepted student's model name"
+        )
+    cand, base = ctx.token_stats(), ctx.token_stats(student=name)
+    if not (np.array_equal(cand.sequence, base.sequence) and np.array_equal(cand.position, base.position)):
+        raise CheckError(f"check '{ctx.check.id}': the two students were scored on different tokens")  # a cache bug
+    iv = TokenIntervals(ctx, cand)
+    sums = iv.sums
+    right_b, right_c = base.student_argmax == base.label, cand.student_argmax == cand.label
+    agree_b, agree_c = base.student_argmax == base.teacher_argmax, cand.student_argmax == cand.teacher_argmax
+    iv.add("accuracy_drop", sums.token_mean(right_b.astype(np.float64) - right_c))
+    iv.add("agreement_drop", sums.token_mean(agree_b.astype(np.float64) - agree_c))
+    iv.add("kl_increase", sums.token_mean(cand.kl.astype(np.float64) - base.kl))
+    iv.add("negative_flip_rate", sums.token_mean((right_b & ~right_c).astype(np.float64)))
+    ece_b = token_ece(sums, base.student_max_prob.astype(np.float64), right_b, BINS, "uniform")
+    ece_c = token_ece(sums, cand.student_max_prob.astype(np.float64), right_c, BINS, "uniform")
+    iv.add("ece_increase", lambda s: ece_c(s) - ece_b(s))  # paired: both on the same resampled sequences
+    metrics = iv.measure()
+    extras = {
+        "baseline": {"mode": "paired", "model": name, "accuracy": float(right_b.mean()), "top1": float(agree_b.mean())},
+        "candidate": {"accuracy": float(right_c.mean()), "top1": float(agree_c.mean())},
+        "tokens": cand.n,
+    }
+    return Measurement({key: metrics[key] for key in TOKEN_METRICS}, extras=extras, n=len(sums.units))
+
+
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    if ctx.is_tokens:
+        return _token_paired(ctx, params)
     ctx.require_labels_for(("accuracy_drop", "ece_increase", "negative_flip_rate"))
     return _paired(ctx, params) if params.get("baseline") else _stored(ctx, params)
 
@@ -531,4 +570,5 @@ KIND = CheckKind(
     read_params=read_params,
     compute=compute,
     extra_models=_extra_models,
+    token_metrics=TOKEN_METRICS,
 )

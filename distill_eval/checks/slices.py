@@ -24,9 +24,15 @@ from distill_eval.checks.discovery import Discovered, discover
 from distill_eval.checks.intervals import Intervals
 from distill_eval.data import ids_file_mask
 from distill_eval.errors import CheckError, ExpressionError
+from distill_eval.lm.cluster import SequenceSums, cluster_bootstrap
+from distill_eval.lm.pairstats import TokenStats
+from distill_eval.lm.tokens import TokenDataset
 from distill_eval.outputs import result_key
 
 SLICE_METRICS = ("retention", "gap", "student_score")
+
+#: where-fields that only token data has
+TOKEN_FIELDS = frozenset({"position"})
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -116,17 +122,167 @@ class _Fields(Mapping[str, np.ndarray]):
         return cache[key]
 
     def __iter__(self) -> Iterator[str]:
-        yield from sorted(expr.FIELDS)
+        yield from sorted(expr.FIELDS - TOKEN_FIELDS)
         yield from (f"meta.{k}" for k in self._meta)
 
     def __len__(self) -> int:
-        return len(expr.FIELDS) + len(self._meta)
+        return len(expr.FIELDS - TOKEN_FIELDS) + len(self._meta)
 
     def __contains__(self, key: object) -> bool:
-        return key in expr.FIELDS or (isinstance(key, str) and key.startswith("meta.") and key[5:] in self._meta)
+        if isinstance(key, str) and key.startswith("meta."):
+            return key[5:] in self._meta
+        return key in expr.FIELDS and key not in TOKEN_FIELDS
+
+
+class _TokenFields(Mapping[str, np.ndarray]):
+    """The per-token fields of token data; a sequence's ``meta`` and ``id`` hold for each of its tokens."""
+
+    def __init__(self, stats: TokenStats, data: TokenDataset):
+        self._stats = stats
+        self._data = data
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _compute(self, key: str) -> np.ndarray:
+        st = self._stats
+        if key.startswith("meta.") and key[5:] in self._data.meta:
+            return np.asarray(self._data.meta[key[5:]])[st.sequence]
+        if key == "teacher_margin":
+            if st.top_k < 2:
+                return np.ones(st.n)
+            top = np.exp(st.teacher_top_logprobs[:, :2].astype(np.float64))
+            return top[:, 0] - top[:, 1]
+        values = {
+            "label": lambda: st.label,
+            "id": lambda: self._data.ids[st.sequence],
+            "position": lambda: st.position,
+            "teacher_pred": lambda: st.teacher_argmax,
+            "student_pred": lambda: st.student_argmax,
+            "teacher_conf": lambda: st.teacher_max_prob,
+            "student_conf": lambda: st.student_max_prob,
+            "teacher_entropy": lambda: st.teacher_entropy,
+            "teacher_correct": lambda: st.teacher_argmax == st.label,
+            "student_correct": lambda: st.student_argmax == st.label,
+        }
+        return values[key]()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = self._compute(key)
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from sorted(expr.FIELDS)
+        yield from (f"meta.{k}" for k in self._data.meta)
+
+    def __len__(self) -> int:
+        return len(expr.FIELDS) + len(self._data.meta)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str) and key.startswith("meta."):
+            return key[5:] in self._data.meta
+        return key in expr.FIELDS
+
+
+def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    """Slices of token data: each slice a set of scored tokens, every interval resampling sequences."""
+    if params["discover"]:
+        raise CheckError(
+            f"check '{ctx.check.id}': 'discover' applies only to classification data; dataset "
+            f"'{ctx.check.dataset}' holds token sequences: declare the slices with 'where' or 'ids'"
+        )
+    st = ctx.token_stats()
+    data = ctx.token_dataset
+    agree = st.teacher_argmax == st.student_argmax
+    if params["metric"] == "accuracy":
+        teacher_hit, student_hit = st.teacher_argmax == st.label, st.student_argmax == st.label
+    else:
+        teacher_hit, student_hit = np.ones(st.n, dtype=bool), agree
+    fields = _TokenFields(st, data)
+    masks = []
+    for sl in params["slices"]:
+        if "where" in sl:
+            try:
+                masks.append(sl["where"].evaluate(fields, n=st.n))
+            except ExpressionError as e:
+                raise CheckError(f"slice '{sl['name']}': {e}") from None
+        else:
+            masks.append(ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'")[st.sequence])
+    min_support = params["min_support"]
+    sums = SequenceSums(st.sequence)
+    s_hit, t_hit = student_hit.astype(np.float64), teacher_hit.astype(np.float64)
+    statistics: dict[str, Any] = {}
+    declared = []
+    for i, mask in enumerate(masks):
+        size, s_sum, t_sum = (
+            sums.token_sum(where=mask),
+            sums.token_sum(s_hit, where=mask),
+            sums.token_sum(t_hit, where=mask),
+        )
+        declared.append((size, s_sum, t_sum))
+        if mask.sum() >= min_support:
+            statistics[f"{i}:student_score"] = lambda s, a=s_sum, n=size: s[a] / s[n]
+            statistics[f"{i}:teacher_score"] = lambda s, a=t_sum, n=size: s[a] / s[n]
+            statistics[f"{i}:retention"] = lambda s, a=s_sum, b=t_sum: s[a] / s[b]
+            statistics[f"{i}:gap"] = lambda s, a=s_sum, b=t_sum, n=size: (s[b] - s[a]) / s[n]
+    supported = [i for i, mask in enumerate(masks) if mask.sum() >= min_support]
+    if supported:
+
+        def stacked(s, what: str) -> np.ndarray:
+            return np.stack([statistics[f"{i}:{what}"](s) for i in supported], axis=1)
+
+        statistics["worst_retention"] = lambda s: _nan_extreme(stacked(s, "retention"), np.min)
+        statistics["worst_gap"] = lambda s: _nan_extreme(stacked(s, "gap"), np.max)
+    totals = sums.totals()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimates = {name: float(stat(totals)[0]) for name, stat in statistics.items()}
+    finite = {name: stat for name, stat in statistics.items() if np.isfinite(estimates[name])}
+    cis: dict[str, tuple[float, float] | None] = {}
+    if finite and len(sums.units) > 1:
+        results = cluster_bootstrap(
+            finite,
+            sums,
+            n_resamples=ctx.suite.bootstrap,
+            confidence=ctx.suite.confidence,
+            rng=ctx.rng_for("bootstrap"),
+        )
+        cis = {n: (r.low, r.high) if r.low is not None and r.high is not None else None for n, r in results.items()}
+    measured = []
+    for i, (sl, mask) in enumerate(zip(params["slices"], masks, strict=True)):
+        support = int(mask.sum())
+        if support == 0:
+            empty = Metric(None, None, "the slice is empty")
+            values = dict.fromkeys(("student_score", "teacher_score", "retention", "gap"), empty)
+        else:
+            s, t = float(s_hit[mask].mean()), float(t_hit[mask].mean())
+            values = {
+                "student_score": Metric.of(s, cis.get(f"{i}:student_score")),
+                "teacher_score": Metric.of(
+                    t, (1.0, 1.0) if params["metric"] == "agreement" else cis.get(f"{i}:teacher_score")
+                ),
+                "retention": Metric.of(s / t, cis.get(f"{i}:retention"))
+                if t > 0
+                else Metric(None, None, "the teacher scores 0 on this slice"),
+                "gap": Metric.of(t - s, cis.get(f"{i}:gap")),
+            }
+        where = sl["where"].source if "where" in sl else None
+        measured.append(
+            SliceMeasurement(sl["name"], support, values, under_supported=support < min_support, where=where)
+        )
+    well = [m for m in measured if not m.under_supported]
+    return Measurement(
+        {
+            "worst_retention": _worst(well, "retention", min, cis.get("worst_retention")),
+            "worst_gap": _worst(well, "gap", max, cis.get("worst_gap")),
+        },
+        slices=measured,
+        extras={"metric": params["metric"], "min_support": min_support, "unit": "tokens"},
+        n=len(sums.units),
+    )
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    if ctx.is_tokens:
+        return _token_compute(ctx, params)
     data = ctx.dataset
     y = ctx.labels if params["metric"] == "accuracy" else None  # before the models: no labels, no work
     teacher, student = ctx.pair()
@@ -323,4 +479,5 @@ KIND = CheckKind(
     slice_metrics=SLICE_METRICS,
     read_params=read_params,
     compute=compute,
+    token_metrics=("worst_retention", "worst_gap", *SLICE_METRICS),
 )

@@ -414,6 +414,7 @@ def stream_pair_stats(
     top_k: int = 5,
     chunk_tokens: int | None = None,
     device: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> TokenStats:
     """Stream a token dataset through both models, batch by batch, keeping only per-token statistics.
 
@@ -438,6 +439,9 @@ def stream_pair_stats(
         As :func:`pair_stats`.
     device : str or torch.device, optional
         Where inputs go; default the CPU.
+    progress : callable, optional
+        Called after each batch with the number of sequences done so far
+        (e.g. :meth:`distill_eval.progress.Progress.update`).
 
     Returns
     -------
@@ -478,6 +482,8 @@ def stream_pair_stats(
                 )
             )
             del teacher_logits, student_logits
+            if progress is not None:
+                progress(batch.start + len(batch.input_ids))
     return TokenStats.concatenate(parts)
 
 
