@@ -231,13 +231,46 @@ def pair_stats(
     k = int(top_k)
     tl = torch.as_tensor(teacher_logits)
     sl = torch.as_tensor(student_logits)
+    rows, cols, targets, flat = _scored_batch(
+        {"teacher": tl, "student": sl}, labels, attention_mask, vocab, sequence_offset
+    )
+    chunk = _chunk_size(chunk_tokens, vocab)
+
+    t_flat = tl.reshape(-1, tl.shape[2])[:, :vocab]
+    s_flat = sl.reshape(-1, sl.shape[2])[:, :vocab]
+    parts: list[dict[str, np.ndarray]] = []
+    with torch.no_grad():  # logits straight from training may require grad
+        for start in range(0, flat.size, chunk):
+            stop = min(start + chunk, flat.size)
+            y = torch.from_numpy(targets[start:stop]).to(tl.device)
+            where = (rows[start:stop], cols[start:stop], sequence_offset)
+            lp = _log_softmax(_take(t_flat, flat[start:stop]), "teacher", *where)
+            lq = _log_softmax(_take(s_flat, flat[start:stop]), "student", *where).to(lp.device)
+            parts.append(_chunk_stats(lp, lq, y, k))
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else _empty(k)
+    return TokenStats(
+        sequence=(rows + sequence_offset).astype(np.int64),
+        position=(cols + 1).astype(np.int32),
+        label=targets.astype(np.int32),
+        **columns,
+    )
+
+
+def _scored_batch(
+    logits_by_model: Mapping[str, Any], labels: Any, attention_mask: Any, vocab: int, sequence_offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check one batch's logits (by model name) against its labels; locate its scored tokens.
+
+    Returns the batch rows and columns of the scored positions, their target ids, and each one's
+    row in the flattened ``(batch * length, vocab)`` logits, in (row, column) order.
+    """
     labels_np = np.asarray(_cpu(labels), dtype=np.int64)
     mask_np = np.asarray(_cpu(attention_mask))
     if labels_np.ndim != 2 or mask_np.shape != labels_np.shape:
         raise ValueError(
             f"labels and attention_mask must have one shape (batch, length), got {labels_np.shape} and {mask_np.shape}"
         )
-    for who, logits in (("teacher", tl), ("student", sl)):
+    for who, logits in logits_by_model.items():
         if logits.ndim != 3 or tuple(logits.shape[:2]) != labels_np.shape:
             raise ModelError(
                 f"the {who}'s logits must have shape (batch, length, vocab) = ({labels_np.shape[0]}, "
@@ -260,29 +293,15 @@ def pair_stats(
             f"is outside the vocabulary of {vocab} tokens"
         )
     length = labels_np.shape[1]
-    flat = rows * length + cols  # row of each scored token in the flattened (batch * length, vocab) logits
+    return rows, cols, targets, rows * length + cols
+
+
+def _chunk_size(chunk_tokens: int | None, vocab: int) -> int:
+    """Scored tokens per chunk: as given, or about :data:`_CHUNK_ELEMENTS` / ``vocab``."""
     chunk = chunk_tokens if chunk_tokens is not None else max(1, _CHUNK_ELEMENTS // vocab)
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
-
-    t_flat = tl.reshape(-1, tl.shape[2])[:, :vocab]
-    s_flat = sl.reshape(-1, sl.shape[2])[:, :vocab]
-    parts: list[dict[str, np.ndarray]] = []
-    with torch.no_grad():  # logits straight from training may require grad
-        for start in range(0, flat.size, chunk):
-            stop = min(start + chunk, flat.size)
-            y = torch.from_numpy(targets[start:stop]).to(tl.device)
-            where = (rows[start:stop], cols[start:stop], sequence_offset)
-            lp = _log_softmax(_take(t_flat, flat[start:stop]), "teacher", *where)
-            lq = _log_softmax(_take(s_flat, flat[start:stop]), "student", *where).to(lp.device)
-            parts.append(_chunk_stats(lp, lq, y, k))
-    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else _empty(k)
-    return TokenStats(
-        sequence=(rows + sequence_offset).astype(np.int64),
-        position=(cols + 1).astype(np.int32),
-        label=targets.astype(np.int32),
-        **columns,
-    )
+    return int(chunk)
 
 
 def _take(logits: Any, flat: np.ndarray) -> Any:

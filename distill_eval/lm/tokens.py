@@ -1,4 +1,4 @@
-"""Token datasets: ``.npz`` / ``.pt`` files of token ids, and a built-in byte-level corpus.
+"""Token datasets: ``.npz`` / ``.pt`` files of token ids, ``.jsonl`` text, and a built-in byte-level corpus.
 
 A :class:`TokenDataset` holds ``S`` sequences as arrays of shape ``(S, L)``: ``input_ids``,
 ``attention_mask`` and ``labels`` in the Hugging Face *unshifted* convention (``labels`` is
@@ -25,6 +25,11 @@ Any other key is an error (a misspelt ``attention_mask`` must not be silently ig
 Object arrays in an ``.npz`` (ragged rows) are read with an unpickler that builds numpy arrays
 and nothing else, and ``.pt`` files with ``torch.load(weights_only=True)``: loading data never
 runs code from the file.
+
+A ``.jsonl`` file holds text, one JSON object per line, tokenized here with a local tokenizer
+(:func:`load_jsonl_tokens`): ``{"text": ...}`` (every next token scored) or ``{"prompt": ...,
+"completion": ...}`` (only the completion's tokens scored), each with an optional ``"id"``
+and ``"meta"`` object.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import ast
 import codecs
 import hashlib
 import io
+import json
+import os
 import pickle
 import sysconfig
 import zipfile
@@ -59,6 +66,7 @@ __all__ = [
     "decode_bytes",
     "encode_bytes",
     "load_byte_corpus",
+    "load_jsonl_tokens",
     "load_token_dataset",
     "token_dataset",
 ]
@@ -391,8 +399,16 @@ def _pad(rows: list[np.ndarray], width: int, fill: int) -> np.ndarray:
 # -- readers -------------------------------------------------------------------
 
 
-def load_token_dataset(path: str | Path, *, name: str | None = None, vocab_size: int | None = None) -> TokenDataset:
-    """Read a token dataset from an ``.npz`` or ``.pt`` file (layout in the module docstring).
+def load_token_dataset(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    vocab_size: int | None = None,
+    tokenizer: str | Path | Any = None,
+    max_length: int | None = None,
+    bos: bool | None = None,
+) -> TokenDataset:
+    """Read a token dataset from an ``.npz``, ``.pt`` or ``.jsonl`` file (layouts in the module docstring).
 
     Parameters
     ----------
@@ -402,6 +418,9 @@ def load_token_dataset(path: str | Path, *, name: str | None = None, vocab_size:
         The dataset's name in messages; default the file's stem.
     vocab_size : int, optional
         When given, every id must be below it.
+    tokenizer, max_length, bos
+        For ``.jsonl`` text only, as :func:`load_jsonl_tokens` (``tokenizer`` is required there);
+        files of token ids take none of them.
 
     Returns
     -------
@@ -410,16 +429,27 @@ def load_token_dataset(path: str | Path, *, name: str | None = None, vocab_size:
     Raises
     ------
     DataError
-        When the file is missing, unreadable, has unknown keys or inconsistent arrays.
+        When the file is missing, unreadable, has unknown keys or inconsistent arrays, or a text
+        option is given for a file of token ids.
     """
     path = Path(path)
     name = name or path.stem
     if not path.is_file():
         raise DataError(f"dataset '{name}': file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return load_jsonl_tokens(path, tokenizer, name=name, vocab_size=vocab_size, max_length=max_length, bos=bos)
     readers = {".npz": _read_npz, ".pt": _read_pt, ".pth": _read_pt}
     if suffix not in readers:
-        raise DataError(f"dataset '{name}': {path}: unsupported format {suffix!r} for tokens; expected .npz or .pt")
+        raise DataError(
+            f"dataset '{name}': {path}: unsupported format {suffix!r} for tokens; expected .npz, .pt or .jsonl"
+        )
+    given = [k for k, v in (("tokenizer", tokenizer), ("max_length", max_length), ("bos", bos)) if v is not None]
+    if given:
+        raise DataError(
+            f"dataset '{name}' ({path}): {', '.join(repr(k) for k in given)} only applies to .jsonl text; "
+            f"a {suffix} file holds token ids already"
+        )
     try:
         arrays = readers[suffix](path)
     except DataError:
@@ -503,6 +533,315 @@ def _read_pt(path: Path) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise DataError(f"{path} must hold a dict with at least the key 'input_ids', got {type(obj).__name__}")
     return {str(k): v for k, v in obj.items()}
+
+
+# -- .jsonl text with a local tokenizer ----------------------------------------
+
+_JSONL_KEYS = ("text", "prompt", "completion", "id", "meta")
+
+
+@dataclass(frozen=True)
+class _Tokenizer:
+    """What the reader needs of a tokenizer: a batch encoder, its vocabulary size and its BOS id."""
+
+    encode: Any  # list[str] -> list[list[int]], no special tokens added
+    vocab_size: int
+    bos_id: int | None
+    description: str
+
+
+def load_jsonl_tokens(
+    path: str | Path,
+    tokenizer: str | Path | Any,
+    *,
+    name: str | None = None,
+    vocab_size: int | None = None,
+    max_length: int | None = None,
+    bos: bool | None = None,
+) -> TokenDataset:
+    """Tokenize a ``.jsonl`` file of text or prompt/completion pairs.
+
+    Each non-blank line is one JSON object, one sequence:
+
+    ``{"text": "..."}``
+        Every next token is scored.
+    ``{"prompt": "...", "completion": "..."}``
+        The prompt's tokens are context (label ``-100``); the completion's are scored. Prompt
+        and completion are tokenized separately and joined, so the boundary is exact (put the
+        separating space where the tokenizer expects it, e.g. at the start of the completion).
+    ``"id"`` (optional, on every line or none)
+        A unique string or integer; default the line number.
+    ``"meta"`` (optional)
+        An object of strings, numbers or booleans; each key becomes a per-sequence column
+        (every line must have the same keys, each key one type).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (UTF-8).
+    tokenizer : str, Path or tokenizer object
+        ``"bytes"``: the built-in byte tokenizer (:func:`encode_bytes`, vocabulary
+        :data:`BYTE_VOCAB_SIZE`, BOS :data:`BOS_ID`); a local Hugging Face tokenizer directory,
+        loaded with ``AutoTokenizer.from_pretrained(dir, local_files_only=True)`` (needs
+        ``pip install 'distill-eval[hf]'``; nothing is downloaded); or a loaded Hugging Face
+        tokenizer. Texts are encoded without the tokenizer's own special tokens; BOS is added
+        as ``bos`` says.
+    name : str, optional
+        The dataset's name in messages; default the file's stem.
+    vocab_size : int, optional
+        The vocabulary size; default the tokenizer's (``len(tokenizer)``, added tokens included).
+    max_length : int, optional
+        At most this many tokens per sequence (BOS included). A text keeps its first tokens; a
+        prompt/completion pair loses the start of its prompt first (BOS is kept), then the end
+        of its completion.
+    bos : bool, optional
+        Start every sequence with the tokenizer's BOS token. Default: when it has one.
+        ``True`` with a tokenizer without one is an error.
+
+    Returns
+    -------
+    TokenDataset
+        Ids from the file (as strings) or ``"line-<n>"``, the ``meta`` columns, ``vocab_size``
+        set, ``sha256`` a hash of the token arrays, ids and meta columns.
+
+    Raises
+    ------
+    DataError
+        Naming the file, the line and the key: invalid JSON, a line that is not an object,
+        unknown or missing keys, non-string text, an empty completion, a line left with no
+        scored token, repeated ids, inconsistent meta; a missing tokenizer directory, or a
+        missing ``transformers``.
+    """
+    path = Path(path)
+    name = name or path.stem
+    where = f"dataset '{name}' ({path})"
+    if not path.is_file():
+        raise DataError(f"dataset '{name}': file not found: {path}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
+        raise DataError(
+            f"{where}: max_length must be an integer >= 2 (a context token and a scored one), got {max_length!r}"
+        )
+    if bos is not None and not isinstance(bos, bool):
+        raise DataError(f"{where}: bos must be true or false, got {bos!r}")
+    tok = _load_tokenizer(tokenizer, where)
+    if bos and tok.bos_id is None:
+        raise DataError(f"{where}: bos = true, but the tokenizer {tok.description} has no BOS token")
+    bos_id = tok.bos_id if bos is not False else None
+    vocab = tok.vocab_size if vocab_size is None else vocab_size
+
+    lines = _read_jsonl(path, where)
+    kinds = {"text" if "text" in obj else "pair" for _, obj in lines}
+    texts = [obj.get("text", obj.get("prompt")) for _, obj in lines]
+    completions = [obj.get("completion", "") for _, obj in lines]
+    encoded = _encode(tok, texts, where)
+    encoded_completions = _encode(tok, completions, where) if "pair" in kinds else [[]] * len(lines)
+
+    rows, label_rows = [], []
+    for (line, obj), context, completion in zip(lines, encoded, encoded_completions, strict=True):
+        head = [] if bos_id is None else [bos_id]
+        if "text" in obj:
+            ids = head + context
+            if max_length is not None:
+                ids = ids[:max_length]
+            labels = [IGNORE_INDEX] * len(head) + ids[len(head) :]
+        else:
+            if not completion:
+                raise DataError(f"{where}, line {line}: 'completion' gives no tokens; a completion must not be empty")
+            if max_length is not None:
+                keep = max(0, max_length - len(head) - len(completion))
+                context = context[len(context) - keep :] if keep else []
+                completion = completion[: max_length - len(head)]
+            ids = head + context + completion
+            labels = [IGNORE_INDEX] * (len(head) + len(context)) + completion
+        if not any(label != IGNORE_INDEX for label in labels[1:]):
+            key = "text" if "text" in obj else "completion"
+            raise DataError(
+                f"{where}, line {line}: '{key}' leaves no scored token ({len(ids)} token(s) in all; a token is "
+                "scored when a token comes before it: add text, a prompt, or a BOS token with bos = true)"
+            )
+        rows.append(np.asarray(ids, dtype=np.int64))
+        label_rows.append(np.asarray(labels, dtype=np.int64))
+
+    if vocab is not None:
+        for (line, _), row in zip(lines, rows, strict=True):
+            if row.size and int(row.max()) >= vocab:
+                raise DataError(
+                    f"{where}, line {line}: the tokenizer gives id {int(row.max())}, outside the vocabulary of "
+                    f"{vocab} tokens"
+                )
+    return token_dataset(
+        rows,
+        None,
+        label_rows,
+        ids=_jsonl_ids(lines, where),
+        meta=_jsonl_meta(lines, where),
+        name=name,
+        source=str(path),
+        vocab_size=vocab,
+    )
+
+
+def _read_jsonl(path: Path, where: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of every non-blank line, each checked for its keys and their types."""
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            numbered = list(enumerate(f, start=1))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for line, raw in numbered:
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}, line {line}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f'{where}, line {line}: expected a JSON object such as {{"text": ...}} or '
+                f'{{"prompt": ..., "completion": ...}}, got {type(obj).__name__}'
+            )
+        for key in obj:
+            if key not in _JSONL_KEYS:
+                raise DataError(
+                    f"{where}, line {line}: unknown key '{key}'{did_you_mean(key, _JSONL_KEYS)}; expected "
+                    "'text', or 'prompt' and 'completion', and optionally 'id' and 'meta'"
+                )
+        if "text" in obj and ("prompt" in obj or "completion" in obj):
+            raise DataError(f"{where}, line {line}: has 'text' and 'prompt'/'completion'; give one or the other")
+        if "text" not in obj:
+            for key in ("prompt", "completion"):
+                if key not in obj:
+                    other = "completion" if key == "prompt" else "prompt"
+                    hint = (
+                        f"'{other}' needs '{key}'" if other in obj else "expected 'text', or 'prompt' and 'completion'"
+                    )
+                    raise DataError(f"{where}, line {line}: missing key '{key}' ({hint})")
+        for key in ("text", "prompt", "completion"):
+            if key in obj and not isinstance(obj[key], str):
+                raise DataError(f"{where}, line {line}: '{key}' must be a string, got {_json_type(obj[key])}")
+        if "meta" in obj and not isinstance(obj["meta"], dict):
+            raise DataError(
+                f"{where}, line {line}: 'meta' must be an object of per-sequence values, got {_json_type(obj['meta'])}"
+            )
+        out.append((line, obj))
+    if not out:
+        raise DataError(f"{where} holds no lines; expected one JSON object per line")
+    return out
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _jsonl_ids(lines: list[tuple[int, dict[str, Any]]], where: str) -> np.ndarray:
+    with_id = [line for line, obj in lines if "id" in obj]
+    if not with_id:
+        return np.array([f"line-{line}" for line, _ in lines])
+    if len(with_id) != len(lines):
+        missing = next(line for line, obj in lines if "id" not in obj)
+        raise DataError(
+            f"{where}, line {missing}: missing key 'id' (other lines have one: give every line an id or none)"
+        )
+    seen: dict[str, int] = {}
+    for line, obj in lines:
+        value = obj["id"]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise DataError(f"{where}, line {line}: 'id' must be a string or an integer, got {_json_type(value)}")
+        if str(value) in seen:
+            raise DataError(f"{where}, line {line}: 'id' {value!r} repeats line {seen[str(value)]}; ids must be unique")
+        seen[str(value)] = line
+    return np.array(list(seen))
+
+
+def _jsonl_meta(lines: list[tuple[int, dict[str, Any]]], where: str) -> dict[str, np.ndarray]:
+    keys = {key for _, obj in lines for key in obj.get("meta", {})}
+    columns: dict[str, np.ndarray] = {}
+    for key in sorted(keys):
+        values, kind = [], None
+        for line, obj in lines:
+            meta = obj.get("meta", {})
+            if key not in meta:
+                raise DataError(
+                    f"{where}, line {line}: 'meta' has no key '{key}' (other lines have it: give every line the "
+                    "same meta keys)"
+                )
+            value = meta[key]
+            this = "string" if isinstance(value, str) else "boolean" if isinstance(value, bool) else "number"
+            if value is None or isinstance(value, dict | list):
+                raise DataError(
+                    f"{where}, line {line}: 'meta.{key}' must be a string, number or boolean, got {_json_type(value)}"
+                )
+            if kind is not None and this != kind:
+                raise DataError(f"{where}, line {line}: 'meta.{key}' is a {this} here but a {kind} on earlier lines")
+            kind = this
+            values.append(value)
+        columns[key] = np.asarray(values)
+    return columns
+
+
+def _load_tokenizer(tokenizer: Any, where: str) -> _Tokenizer:
+    """The ``"bytes"`` tokenizer, a Hugging Face tokenizer directory, or a loaded tokenizer."""
+    if tokenizer is None:
+        raise DataError(
+            f"{where}: a .jsonl file holds text and needs a tokenizer: a local Hugging Face tokenizer directory, "
+            'or "bytes" for the built-in byte tokenizer'
+        )
+    if isinstance(tokenizer, str) and tokenizer == "bytes":
+        return _Tokenizer(
+            encode=lambda texts: [encode_bytes(t).tolist() for t in texts],
+            vocab_size=BYTE_VOCAB_SIZE,
+            bos_id=BOS_ID,
+            description="'bytes'",
+        )
+    if isinstance(tokenizer, str | os.PathLike):
+        directory = Path(tokenizer)
+        if not directory.is_dir():
+            raise DataError(
+                f"{where}: tokenizer directory not found: {directory} (expected a local Hugging Face tokenizer "
+                'directory, as save_pretrained writes, or "bytes")'
+            )
+        try:
+            import transformers
+        except ImportError:
+            raise DataError(
+                f"{where}: the tokenizer {directory} is a Hugging Face tokenizer, which needs the transformers "
+                "package: pip install 'distill-eval[hf]'"
+            ) from None
+        from distill_eval.lm.models import _quiet_transformers
+        from distill_eval.models import _first_line
+
+        with _quiet_transformers(transformers):
+            try:
+                loaded = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+            except Exception as e:  # noqa: BLE001 — a broken or foreign directory: one line, not a traceback
+                raise DataError(f"{where}: cannot load the tokenizer in {directory}: {_first_line(e)}") from None
+        return _hf_tokenizer(loaded, repr(str(directory)))
+    if callable(getattr(tokenizer, "encode", None)) and hasattr(tokenizer, "__len__"):
+        return _hf_tokenizer(tokenizer, type(tokenizer).__name__)
+    raise DataError(
+        f'{where}: tokenizer must be a directory path, "bytes" or a loaded tokenizer, got {type(tokenizer).__name__}'
+    )
+
+
+def _hf_tokenizer(tokenizer: Any, description: str) -> _Tokenizer:
+    def encode(texts: list[str]) -> list[list[int]]:
+        if callable(tokenizer):  # a Hugging Face tokenizer encodes a batch at once
+            return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    return _Tokenizer(encode=encode, vocab_size=len(tokenizer), bos_id=bos_id, description=description)
+
+
+def _encode(tok: _Tokenizer, texts: list[str], where: str) -> list[list[int]]:
+    if not texts:
+        return []
+    try:
+        return [[int(i) for i in ids] for ids in tok.encode(texts)]
+    except Exception as e:  # noqa: BLE001 — a tokenizer failing on the text: say where, not its traceback
+        raise DataError(f"{where}: the tokenizer {tok.description} fails on the text: {e}") from None
 
 
 # -- the built-in byte-level corpus ----------------------------------------------------

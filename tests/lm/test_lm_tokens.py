@@ -149,7 +149,7 @@ def test_missing_unsupported_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"dataset 'gone': file not found: .*gone.npz"):
         load_token_dataset(tmp_path / "gone.npz")
     (tmp_path / "t.csv").write_text("input_ids\n1\n")
-    with pytest.raises(DataError, match=r"unsupported format '.csv' for tokens; expected .npz or .pt"):
+    with pytest.raises(DataError, match=r"unsupported format '.csv' for tokens; expected .npz, .pt or .jsonl"):
         load_token_dataset(tmp_path / "t.csv")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(DataError, match=r"dataset 'junk': cannot read .*junk.npz"):
