@@ -74,6 +74,12 @@ class DatasetSpec:
     id_column: str = "id"
     #: tokens per sequence of the built-in byte corpus (``source = "builtin:bytes"``)
     seq_len: int | None = None
+    #: a ``.jsonl`` text file's tokenizer: ``"bytes"`` or a local Hugging Face tokenizer folder
+    tokenizer: str | Path | None = None
+    #: a ``.jsonl`` file's longest sequence in tokens (longer texts are truncated)
+    max_length: int | None = None
+    #: whether a ``.jsonl`` file's sequences start with the tokenizer's BOS; None: when it has one
+    bos: bool | None = None
     table: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:
@@ -285,8 +291,20 @@ def _dataset_spec(name: str, table: Any, *, file: str, base: Path, where: str | 
     label_column = r.string("label_column", "label")
     id_column = r.string("id_column", "id")
     seq_len = r.integer("seq_len", None, minimum=2)
+    tokenizer = r.string("tokenizer", None)
+    max_length = r.integer("max_length", None, minimum=2)
+    bos = r.boolean("bos", None)
     r.table_of("options", {})
     r.finish()
+    is_jsonl = bool(path) and Path(path).suffix.lower() == ".jsonl"
+    if is_jsonl and tokenizer is None:
+        raise r.error(
+            "a .jsonl text file needs 'tokenizer': \"bytes\" (the built-in byte tokenizer) or a local "
+            "Hugging Face tokenizer folder"
+        )
+    for key, value in (("tokenizer", tokenizer), ("max_length", max_length), ("bos", bos)):
+        if value is not None and not is_jsonl:
+            raise r.error(f"'{key}' applies only to a .jsonl text file (files of token ids are tokenized already)")
     if path and source:
         raise r.error("set either 'path' or 'source', not both")
     if source is not None:
@@ -306,6 +324,9 @@ def _dataset_spec(name: str, table: Any, *, file: str, base: Path, where: str | 
         label_column=label_column,
         id_column=id_column,
         seq_len=seq_len,
+        tokenizer=tokenizer if tokenizer in (None, "bytes") else _resolve(base, tokenizer),
+        max_length=max_length,
+        bos=bos,
         table=dict(table),
     )
 

@@ -47,7 +47,7 @@ DEFAULT_SEQ_LEN = 128
 
 
 def holds_tokens(spec: DatasetSpec) -> bool:
-    """Whether a dataset spec names token data: ``source = "builtin:bytes"`` or a file holding ``input_ids``.
+    """Whether a dataset spec names token data: ``builtin:bytes``, a ``.jsonl`` text file or a file of ``input_ids``.
 
     Reads only an ``.npz`` file's member names; a ``.pt`` file is loaded (weights only).
     A missing or unreadable file is not token data (its loader reports it).
@@ -58,6 +58,8 @@ def holds_tokens(spec: DatasetSpec) -> bool:
         return False
     path = Path(spec.path)
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":  # text, tokenized by the dataset's tokenizer
+        return True
     if not path.is_file():
         return False
     try:
@@ -75,7 +77,7 @@ def holds_tokens(spec: DatasetSpec) -> bool:
 
 
 def load_token_spec(spec: DatasetSpec) -> TokenDataset:
-    """Load a token-level dataset spec: the byte corpus or a token file.
+    """Load a token-level dataset spec: the byte corpus, a token file or a ``.jsonl`` text file.
 
     Raises
     ------
@@ -86,6 +88,10 @@ def load_token_spec(spec: DatasetSpec) -> TokenDataset:
     if spec.source in TOKEN_SOURCES:
         return load_byte_corpus(spec.split or "test", seq_len=spec.seq_len or DEFAULT_SEQ_LEN, name=spec.name)
     assert spec.path is not None
+    if spec.tokenizer is not None:  # a .jsonl text file
+        return load_token_dataset(
+            spec.path, name=spec.name, tokenizer=spec.tokenizer, max_length=spec.max_length, bos=spec.bos
+        )
     return load_token_dataset(spec.path, name=spec.name)
 
 

@@ -390,3 +390,37 @@ def test_token_regression_is_paired_on_the_same_tokens(lm_project: pytest.Pytest
         assert math.isclose(worse[drop]["value"], expected, rel_tol=1e-6, abs_tol=1e-9), drop
         low, high = worse[drop]["ci"]
         assert low <= worse[drop]["value"] <= high and low > 0, drop
+
+
+def test_a_jsonl_text_dataset_is_tokenized_and_its_prompts_are_not_scored(lm_project: pytest.Pytester) -> None:
+    """A .jsonl of prompt/completion pairs with the byte tokenizer: only completion tokens are scored."""
+    lines = [{"prompt": f"Question {i}: ", "completion": f"answer number {i}."} for i in range(30)]
+    (lm_project.path / "qa.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with (lm_project.path / "pyproject.toml").open("a") as f:
+        f.write('\n[tool.distill_eval.datasets.qa]\npath = "qa.jsonl"\ntokenizer = "bytes"\n')
+    (lm_project.path / "suites" / "lm.toml").write_text(
+        '[suite]\nname = "qa"\ndataset = "qa"\nbootstrap = 100\n\n[[check]]\nkind = "agreement"\n'
+    )
+    lm_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=1)
+    (check,) = _checks(lm_project)
+    # the byte tokenizer scores every completion byte (each is predicted from the token before it)
+    scored = sum(len(line["completion"].encode()) for line in lines)
+    assert check["tokens"] == scored and check["sequences"] == len(lines)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('path = "qa.jsonl"', "a .jsonl text file needs 'tokenizer'"),
+        ('path = "tokens.npz"\ntokenizer = "bytes"', "'tokenizer' applies only to a .jsonl text file"),
+        ('path = "qa.jsonl"\ntokenizer = "bytes"\nmax_length = 1', "'max_length' must be an integer >= 2"),
+    ],
+)
+def test_jsonl_dataset_keys_are_checked(tmp_path, table: str, message: str) -> None:
+    from distill_eval import ConfigError, load_project_config
+
+    (tmp_path / "pyproject.toml").write_text(f"[tool.distill_eval.datasets.qa]\n{table}\n")
+    with pytest.raises(ConfigError) as info:
+        load_project_config(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / "pyproject.toml"))
+    assert "[tool.distill_eval.datasets.qa]" in str(info.value) and message in str(info.value)
