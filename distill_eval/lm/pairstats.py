@@ -507,13 +507,7 @@ def stream_pair_stats(
 
 
 def _logits(output: Any, who: str) -> Any:
-    """The logits tensor of a model's output: the tensor itself, or its ``.logits``."""
-    import torch
+    """The logits tensor of a model's output (a tensor, ``.logits``, ``["logits"]``, a tuple's first)."""
+    from distill_eval.lm.models import _as_logits  # one reading of a forward's output, shared with the loaders
 
-    logits = getattr(output, "logits", output)
-    if not isinstance(logits, torch.Tensor):
-        raise ModelError(
-            f"the {who} returned {type(output).__name__}; expected a tensor of logits of shape "
-            "(batch, length, vocab) or an object with .logits"
-        )
-    return logits
+    return _as_logits(output, who)

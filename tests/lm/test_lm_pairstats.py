@@ -305,8 +305,8 @@ def test_the_driver_equals_one_computation_on_the_full_logits() -> None:
 def test_the_driver_checks_what_the_models_return() -> None:
     data = ragged_dataset()
     teacher = TinyLM(0, V).eval()
-    with pytest.raises(ModelError, match="the student returned tuple; expected a tensor of logits"):
-        stream_pair_stats(data, teacher, lambda ids, mask: (teacher(ids, mask),), vocab_size=V)
+    with pytest.raises(ModelError, match="model 'student' returned str; expected a tensor of logits"):
+        stream_pair_stats(data, teacher, lambda ids, mask: "logits", vocab_size=V)
     with pytest.raises(ModelError, match="student outputs 30 logits per token but the vocabulary has 37"):
         stream_pair_stats(data, teacher, TinyLM(1, 30), vocab_size=V)
     with pytest.raises(ValueError, match="pass vocab_size"):
