@@ -193,7 +193,11 @@ class TrainCallback:
         self, phase: str, epoch: int, rows: torch.Tensor, teacher_logits: torch.Tensor | None, loss: torch.Tensor
     ) -> None:
         """After each optimiser step: the dataset rows of the batch, the teacher's logits used for them
-        (None in the teacher and control phases) and the batch loss."""
+        (None in the teacher and control phases) and the batch loss.
+
+        Under torchrun, ``rows`` are this rank's rows and, on token data, the loss is this rank's
+        share of the step's loss (every rank divides by the scored tokens of the whole step, so the
+        shares add up to it)."""
 
     def on_epoch_end(self, phase: str, record: Mapping[str, float]) -> None:
         """After each epoch, once its checkpoint and manifest are written."""
