@@ -191,6 +191,7 @@ def test_a_few_steps_of_distillation_reduce_the_kd_loss(folder: Path) -> None:
         assert kd(after(ids, mask)) < 0.8 * kd(before(ids, mask))
 
 
+@pytest.mark.slow
 def test_the_byte_models_build_saves_state_dicts_the_factories_load(tmp_path: Path) -> None:
     # The recipe of bytes.toml, shrunk: tiny models, one short epoch each.
     text = builtin.BYTES_CONFIG.read_text()
