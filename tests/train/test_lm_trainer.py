@@ -168,7 +168,7 @@ def test_the_committed_byte_models_learned_and_the_student_is_smaller_and_worse(
     uniform = BYTE_VOCAB_SIZE  # a model that gives every byte the same probability
     ppl_teacher, ppl_student = perplexity(teacher, test), perplexity(student, test)
     assert ppl_teacher < ppl_student < uniform / 10  # both learned; the smaller student is worse
-    assert ppl_student / ppl_teacher > 1.03
+    assert ppl_teacher < 8 and ppl_student / ppl_teacher > 1.5
 
 
 def test_a_few_steps_of_distillation_reduce_the_kd_loss(folder: Path) -> None:
