@@ -189,6 +189,22 @@ def test_every_training_config_key_is_documented(tmp_path: Path, readers: list, 
         assert undocumented(keys, section(page, f"`{where.split()[0]}`")) == [], where
 
 
+def test_every_token_training_config_key_is_documented(tmp_path: Path, readers: list) -> None:
+    data = (
+        'kind = "tokens"\ntrain = { path = "t.npz", vocab_size = 9 }\nval = { source = "builtin:bytes", seq_len = 8 }\n'
+    )
+    text = _TRAIN.split("[student]")[1].replace("[augment]\nnoise_std = 0.1\n", "")
+    document = f'[data]\n{data}[teacher]\npath = "t.pt2"\n[student]{text}'.replace(
+        "epochs = 1", 'epochs = 1\ndivergence = "jsd"'
+    )
+    (tmp_path / "train.toml").write_text(document)
+    parse_train_config(read_toml(tmp_path / "train.toml"), file="train.toml", base=tmp_path)
+    page = read_topic("trainer")
+    for where, keys in readers:
+        if where is not None:
+            assert undocumented(keys, section(page, f"`{where.split()[0]}`")) == [], where
+
+
 # -- command line ----------------------------------------------------------------
 
 

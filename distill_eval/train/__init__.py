@@ -6,10 +6,13 @@
   and :func:`train` runs it (``distill-eval train CONFIG.toml``), writing the
   student, an optional label-only control, ``manifest.json`` and a checkpoint;
 - :mod:`distill_eval.train.zoo` holds the factories of the built-in default
-  models, and ``python -m distill_eval.train.builtin`` rebuilds their weights
+  models (the digits classifiers and the byte-level language models), and
+  ``python -m distill_eval.train.builtin [--bytes]`` rebuilds their weights
   in ``distill_eval/train/weights/``.
 
-An example config: ``distill_eval/train/examples/digits.toml``.
+Example configs: ``distill_eval/train/examples/digits.toml`` (classification) and
+``distill_eval/train/examples/bytes.toml`` (language models on token data: the masked token
+loss :func:`distill_eval.lm.loss.token_kd_loss`).
 """
 
 from __future__ import annotations

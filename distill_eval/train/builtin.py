@@ -1,4 +1,4 @@
-"""Rebuild the built-in default teacher and student for ``sklearn:digits``.
+"""Rebuild the built-in default teacher and student for ``sklearn:digits`` (and, with ``--bytes``, the byte-level LMs).
 
 Run ``python -m distill_eval.train.builtin [--out DIR]``. It runs the reference
 trainer (:func:`~distill_eval.train.train`) on the example config
@@ -10,6 +10,12 @@ distilled from it (T = 4, alpha = 0.9) on the same split. The state dicts of the
 two trained models are saved with ``torch.save`` as ``digits_teacher.pt`` and
 ``digits_student.pt``, by default into ``distill_eval/train/weights/``, where the
 default project config loads them (factory + weights).
+
+``python -m distill_eval.train.builtin --bytes`` does the same for the built-in
+language models: it runs ``examples/bytes.toml``, which trains
+:func:`~distill_eval.train.zoo.bytes_teacher` on the train split of the built-in
+byte corpus and distils :func:`~distill_eval.train.zoo.bytes_student` from it,
+and saves ``bytes_teacher.pt`` and ``bytes_student.pt``.
 
 The build is deterministic: every random draw comes from a seed in the config
 and it runs on one CPU thread, so two runs on the same machine and PyTorch
@@ -27,19 +33,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill_eval.config import ModelSpec
 from distill_eval.data import load_builtin
 from distill_eval.metrics import expected_calibration_error
 from distill_eval.train.config import load_train_config
 from distill_eval.train.trainer import train
 from distill_eval.train.zoo import digits_student, digits_teacher
 
-__all__ = ["CONFIG", "DEFAULT_OUT", "STUDENT_FILE", "TEACHER_FILE", "build_default", "main"]
+__all__ = [
+    "BYTES_CONFIG",
+    "CONFIG",
+    "DEFAULT_OUT",
+    "STUDENT_FILE",
+    "TEACHER_FILE",
+    "build_bytes",
+    "build_default",
+    "main",
+]
 
 DEFAULT_OUT = Path(__file__).resolve().with_name("weights")
 CONFIG = Path(__file__).resolve().with_name("examples") / "digits_from_scratch.toml"
 TEACHER_FILE = "digits_teacher.pt"
 STUDENT_FILE = "digits_student.pt"
 SOURCE = "sklearn:digits"
+BYTES_CONFIG = Path(__file__).resolve().with_name("examples") / "bytes.toml"
+BYTES_TEACHER_FILE = "bytes_teacher.pt"
+BYTES_STUDENT_FILE = "bytes_student.pt"
 
 
 def build_default(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = CONFIG) -> dict[str, float]:
@@ -88,6 +107,76 @@ def build_default(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = CON
     }
 
 
+def build_bytes(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = BYTES_CONFIG) -> dict[str, float]:
+    """Train the byte-level teacher, distil the student, save both state dicts, and score them.
+
+    Parameters
+    ----------
+    out_dir : str or Path, default ``distill_eval/train/weights/``
+        Folder for ``bytes_teacher.pt`` and ``bytes_student.pt``; created if missing.
+    config : str or Path, default ``examples/bytes.toml``
+        The training config; it must train its teacher on token data.
+
+    Returns
+    -------
+    dict of str to float
+        ``teacher_perplexity`` and ``student_perplexity`` on the test split of the byte
+        corpus (a uniform model has 259), and the student's top-1 ``agreement`` with the teacher.
+    """
+    from distill_eval.lm.models import load_token_model
+    from distill_eval.lm.tokens import load_byte_corpus
+    from distill_eval.train.zoo import bytes_student, bytes_teacher
+
+    train_config = load_train_config(config)
+    if train_config.teacher_training is None or not train_config.tokens:
+        raise ValueError(f"{config}: the built-in language models train their teacher on token data")
+    with tempfile.TemporaryDirectory(prefix="distill_eval_builtin_") as tmp:
+        result = train(train_config.with_output_dir(tmp), log=print, use_cache=False)
+        assert result.teacher_path is not None and result.student_path is not None
+        teacher = _as_module(result.teacher_path, bytes_teacher, train_config.teacher.kwargs)
+        student = _as_module(result.student_path, bytes_student, train_config.student.kwargs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(teacher.state_dict(), out / BYTES_TEACHER_FILE)
+    torch.save(student.state_dict(), out / BYTES_STUDENT_FILE)
+
+    test = load_byte_corpus("test")
+    specs = {
+        "teacher": (BYTES_TEACHER_FILE, train_config.teacher),
+        "student": (BYTES_STUDENT_FILE, train_config.student),
+    }
+    models = {
+        name: load_token_model(
+            ModelSpec(
+                name=name,
+                factory=f"distill_eval.train.zoo:bytes_{name}",
+                weights=out / file,
+                kwargs=dict(spec.kwargs),
+            )
+        )
+        for name, (file, spec) in specs.items()
+    }
+    nll = {"teacher": 0.0, "student": 0.0}
+    agree = 0
+    for batch in test.batches(256):
+        scored = torch.from_numpy(
+            test.scored()[batch.start : batch.start + len(batch.input_ids), : batch.labels.shape[1]]
+        )
+        target = torch.from_numpy(batch.labels)[:, 1:][scored[:, :-1]]
+        argmax = {}
+        for name, model in models.items():
+            logits = model(batch.input_ids, batch.attention_mask).float()[:, :-1][scored[:, :-1]]
+            nll[name] += float(-torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).sum())
+            argmax[name] = logits.argmax(dim=1)
+        agree += int((argmax["teacher"] == argmax["student"]).sum())
+    n = test.n_scored
+    return {
+        "teacher_perplexity": float(np.exp(nll["teacher"] / n)),
+        "student_perplexity": float(np.exp(nll["student"] / n)),
+        "agreement": agree / n,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(
@@ -95,11 +184,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Rebuild the built-in default teacher and student weights for sklearn:digits.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    parser.add_argument("--config", type=Path, default=CONFIG, help=f"training config (default: {CONFIG})")
+    parser.add_argument("--config", type=Path, default=None, help=f"training config (default: {CONFIG})")
+    parser.add_argument(
+        "--bytes",
+        action="store_true",
+        help=f"rebuild the byte-level language models instead (default config: {BYTES_CONFIG})",
+    )
     args = parser.parse_args(argv)
     # One thread: the same float operation order on any machine, and fast enough for these sizes.
     torch.set_num_threads(1)
-    metrics = build_default(args.out, config=args.config)
+    if args.bytes:
+        scores = build_bytes(args.out, config=args.config or BYTES_CONFIG)
+        print(
+            f"teacher: test perplexity {scores['teacher_perplexity']:.3f} -> {args.out / BYTES_TEACHER_FILE}\n"
+            f"student: test perplexity {scores['student_perplexity']:.3f}, top-1 agreement with teacher "
+            f"{scores['agreement']:.4f} -> {args.out / BYTES_STUDENT_FILE}"
+        )
+        return 0
+    metrics = build_default(args.out, config=args.config or CONFIG)
     print(
         f"teacher: test accuracy {metrics['teacher_accuracy']:.4f}, ece {metrics['teacher_ece']:.4f}"
         f" -> {args.out / TEACHER_FILE}"

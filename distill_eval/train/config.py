@@ -6,6 +6,7 @@ Every key: ``distill-eval docs trainer``. A training config has the tables ``[da
     [data]
     train = { source = "sklearn:digits", split = "train" }   # any dataset spec, inline
     val = { source = "sklearn:digits", split = "test" }
+    # kind = "classification"            # or "tokens"; implied by a token source (see below)
 
     [teacher]
     path = "teacher.pt"                  # any model spec the plugin loads
@@ -24,7 +25,10 @@ Every key: ``distill-eval docs trainer``. A training config has the tables ``[da
     epochs = 40                          # the only required key of [distill]
     temperature = 4.0                    # T > 0
     alpha = 0.9                          # weight of the teacher's soft targets, in [0, 1]
+    divergence = "forward_kl"            # "forward_kl" | "reverse_kl" | "jsd" (the last two: token data)
+    beta = 0.5                           # the beta of "jsd", in [0, 1]
     batch_size = 64
+    accumulation_steps = 1               # micro-batches per optimiser step (gradients accumulated)
     lr = 0.003                           # Adam
     weight_decay = 0.0
     seed = 0
@@ -44,6 +48,20 @@ Every key: ``distill-eval docs trainer``. A training config has the tables ``[da
     [output]
     dir = "runs/digits"
     format = "export"                    # "export" (.pt2) | "torchscript" (.pt)
+
+Token data (causal language models, ``kind = "tokens"``): the datasets are token
+datasets and the teacher and student are language models,
+``forward(input_ids, attention_mask) -> (batch, length, vocab)`` logits::
+
+    [data]
+    train = { source = "builtin:bytes", split = "train", seq_len = 128 }  # the built-in byte corpus
+    val = { source = "builtin:bytes", split = "test" }
+    # or token files (input_ids, attention_mask, labels): kind = "tokens" and
+    # train = { path = "train.npz" }, val = { path = "val.npz", vocab_size = 32000 }
+
+A source ``"builtin:bytes"`` implies ``kind = "tokens"``. The loss is then
+:func:`distill_eval.lm.loss.token_kd_loss`, normalised by the scored tokens of
+the whole optimisation step (all micro-batches, all ranks).
 
 Relative paths (data files, model files, ``cache_dir``, ``[output] dir``) are
 resolved against the config file's folder, as in suite files; without
@@ -71,14 +89,18 @@ from distill_eval.config import (
     read_toml,
 )
 from distill_eval.errors import ConfigError
+from distill_eval.lm.loss import DIVERGENCES
 
 __all__ = [
+    "BYTES_SOURCE",
+    "DATA_KINDS",
     "FILTERS",
     "TEACHER_RECIPE_KEYS",
     "AugmentOptions",
     "DistillOptions",
     "OutputOptions",
     "TeacherTraining",
+    "TokenDataSpec",
     "TrainConfig",
     "load_train_config",
     "parse_train_config",
@@ -88,6 +110,9 @@ FILTERS = ("none", "drop", "relabel")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
 FORMATS = ("export", "torchscript")
+DATA_KINDS = ("classification", "tokens")
+#: the built-in byte-level corpus (:func:`distill_eval.lm.tokens.load_byte_corpus`) as a training source
+BYTES_SOURCE = "builtin:bytes"
 #: the keys of a ``[teacher]`` table with ``train = true`` that set the teacher's recipe
 TEACHER_RECIPE_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "label_smoothing", "seed")
 
@@ -97,7 +122,11 @@ class DistillOptions:
     """The ``[distill]`` table: the loss and the optimisation recipe.
 
     ``alpha`` weighs the teacher's soft targets: the loss is
-    ``(1 - alpha) * CE + alpha * T**2 * KL`` (:func:`~distill_eval.train.kd_loss`).
+    ``(1 - alpha) * CE + alpha * T**2 * KL`` (:func:`~distill_eval.train.kd_loss`;
+    on token data :func:`~distill_eval.lm.loss.token_kd_loss`, whose ``divergence``
+    may also be ``"reverse_kl"`` or ``"jsd"`` with ``beta``). Each global batch of
+    ``batch_size`` is cut into ``accumulation_steps`` micro-batches whose gradients
+    add up before one optimiser step.
     ``filter_teacher_errors`` treats the examples whose label the teacher gets
     wrong: ``"drop"`` leaves them out of the soft term, ``"relabel"`` trains them
     on the hard label alone (see :func:`~distill_eval.train.distillation_loss`).
@@ -106,7 +135,10 @@ class DistillOptions:
     epochs: int
     temperature: float = 4.0
     alpha: float = 0.9
+    divergence: str = "forward_kl"
+    beta: float = 0.5
     batch_size: int = 64
+    accumulation_steps: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
@@ -166,13 +198,46 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
+class TokenDataSpec:
+    """A token dataset of a ``[data]`` table with ``kind = "tokens"``.
+
+    Attributes
+    ----------
+    name : str
+        ``"train"`` or ``"val"``.
+    path : Path or None
+        A ``.npz`` / ``.pt`` token file (:func:`distill_eval.lm.tokens.load_token_dataset`).
+    source : str or None
+        ``"builtin:bytes"``: the built-in byte corpus (:func:`distill_eval.lm.tokens.load_byte_corpus`).
+    split : str or None
+        The corpus split: ``"train"``, ``"test"`` or ``"all"``.
+    seq_len : int
+        Tokens per sequence of the byte corpus.
+    vocab_size : int or None
+        For a file: the vocabulary its ids must fall in.
+    """
+
+    name: str
+    path: Path | None = None
+    source: str | None = None
+    split: str | None = None
+    seq_len: int = 128
+    vocab_size: int | None = None
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{self.source} ({self.split}, seq_len {self.seq_len})"
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A validated training config.
 
     Attributes
     ----------
-    train, val : DatasetSpec
-        ``[data] train`` and ``[data] val``; both need labels.
+    train, val : DatasetSpec or TokenDataSpec
+        ``[data] train`` and ``[data] val``; both need labels (token data: scored tokens).
     teacher : ModelSpec
         ``[teacher]``: any model the plugin loads; with ``train = true``, the
         ``factory`` (+ ``kwargs``) of the teacher to train.
@@ -189,8 +254,8 @@ class TrainConfig:
         The TOML document as written, recorded in the manifest.
     """
 
-    train: DatasetSpec
-    val: DatasetSpec
+    train: DatasetSpec | TokenDataSpec
+    val: DatasetSpec | TokenDataSpec
     teacher: ModelSpec
     student: ModelSpec
     distill: DistillOptions
@@ -199,6 +264,11 @@ class TrainConfig:
     teacher_training: TeacherTraining | None = None
     file: Path | None = None
     document: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def tokens(self) -> bool:
+        """True for token data (``[data] kind = "tokens"``): language models and the token loss."""
+        return isinstance(self.train, TokenDataSpec)
 
     def with_output_dir(self, directory: str | Path) -> TrainConfig:
         """A copy writing into ``directory`` instead of ``[output] dir``."""
@@ -248,12 +318,27 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
 
     r = TableReader(data_table, file=name, where="[data]")
     data = {key: r.table_of(key, None) for key in ("train", "val")}
+    kind = r.string("kind", None, choices=DATA_KINDS)
     r.finish()
     for key, table in data.items():
         if table is None:
             raise r.error(f"missing required key '{key}' (an inline dataset table, e.g. {{ path = \"{key}.npz\" }})")
-    train = dataset_spec_from_table("train", data["train"], file=name, base=base, where="[data] train")
-    val = dataset_spec_from_table("val", data["val"], file=name, base=base, where="[data] val")
+    by_source = [key for key, table in data.items() if table.get("source") == BYTES_SOURCE]
+    if kind is None:
+        kind = "tokens" if by_source else "classification"
+    elif kind == "classification" and by_source:
+        raise r.error(
+            f"'{by_source[0]}' reads the token source {BYTES_SOURCE!r}, but kind = \"classification\"; "
+            'remove kind (a token source implies kind = "tokens")'
+        )
+    train: DatasetSpec | TokenDataSpec
+    val: DatasetSpec | TokenDataSpec
+    if kind == "tokens":
+        train = _token_data_spec("train", data["train"], file=name, base=base)
+        val = _token_data_spec("val", data["val"], file=name, base=base)
+    else:
+        train = dataset_spec_from_table("train", data["train"], file=name, base=base, where="[data] train")
+        val = dataset_spec_from_table("val", data["val"], file=name, base=base, where="[data] val")
 
     teacher, teacher_training = _teacher(teacher_table, file=name, base=base)
     student = model_spec_from_table("student", student_table, file=name, base=base, where="[student]")
@@ -288,6 +373,15 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
         raise r.error("missing required key 'dir' (the folder the student, manifest and checkpoint go to)")
     if not directory:
         raise r.error("'dir' must be a non-empty path")
+    if kind == "tokens":
+        _check_token_options(distill, augment, output_format, file=name)
+    elif distill.divergence != "forward_kl":
+        raise ConfigError(
+            f'\'divergence = "{distill.divergence}"\' is for token data ([data] kind = "tokens"); '
+            'classification distils with the forward KL of kd_loss: remove divergence or set it to "forward_kl"',
+            file=name,
+            where="[distill]",
+        )
     output = OutputOptions(dir=_resolve(base, directory), format=output_format)
 
     return TrainConfig(
@@ -302,6 +396,61 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
         file=Path(file) if file is not None else None,
         document=dict(document),
     )
+
+
+def _token_data_spec(key: str, table: Any, *, file: str, base: Path) -> TokenDataSpec:
+    """A ``[data] train`` / ``val`` table of token data: a token file, or the built-in byte corpus."""
+    r = TableReader(table, file=file, where=f"[data] {key}")
+    path = r.string("path", None)
+    source = r.string("source", None, choices=(BYTES_SOURCE,))
+    split = r.string("split", None, choices=("train", "test", "all"))
+    seq_len = r.integer("seq_len", None, minimum=2)
+    vocab_size = r.integer("vocab_size", None, minimum=1)
+    r.finish()
+    if path and source:
+        raise r.error("set either 'path' (a token file) or 'source', not both")
+    if not path and not source:
+        raise r.error(f"set 'path' (a .npz or .pt token file) or 'source = \"{BYTES_SOURCE}\"'")
+    if path:
+        for option in ("split", "seq_len"):
+            if r.has(option):
+                raise r.error(f"'{option}' applies only to 'source = \"{BYTES_SOURCE}\"'; a token file is used whole")
+        return TokenDataSpec(name=key, path=_resolve(base, path), vocab_size=vocab_size)
+    if vocab_size is not None:
+        raise r.error(f"'vocab_size' applies only to a token file; {BYTES_SOURCE} has its own (259 byte tokens)")
+    return TokenDataSpec(name=key, source=source, split=split or "test", seq_len=128 if seq_len is None else seq_len)
+
+
+def _check_token_options(distill: DistillOptions, augment: AugmentOptions, output_format: str, *, file: str) -> None:
+    """The ``[distill]``, ``[augment]`` and ``[output]`` settings that classification alone supports."""
+    refusals = [
+        (
+            distill.offline,
+            "[distill]",
+            "'offline = true' caches the teacher's logits for the whole training set, which for token data would "
+            "be (sequences x length x vocab) floats; set offline = false (the teacher runs on every batch)",
+        ),
+        (
+            distill.filter_teacher_errors != "none",
+            "[distill]",
+            f"'filter_teacher_errors = \"{distill.filter_teacher_errors}\"' filters whole examples by the "
+            'teacher\'s top-1 class; on token data set it to "none"',
+        ),
+        (
+            augment.enabled,
+            "[augment]",
+            "'noise_std' adds noise to numeric inputs; token ids cannot be perturbed that way: remove [augment]",
+        ),
+        (
+            output_format != "export",
+            "[output]",
+            f"'format = \"{output_format}\"': language models are written as torch.export programs with a "
+            'dynamic batch and length; set format = "export"',
+        ),
+    ]
+    for refused, where, message in refusals:
+        if refused:
+            raise ConfigError(f'{message} ([data] kind = "tokens")', file=file, where=where)
 
 
 def _teacher(table: Any, *, file: str, base: Path) -> tuple[ModelSpec, TeacherTraining | None]:
@@ -353,7 +502,10 @@ def _distill_options(r: TableReader, base: Path) -> DistillOptions:
         epochs=epochs,
         temperature=r.number("temperature", 4.0, minimum=0, exclusive_minimum=True),
         alpha=r.number("alpha", 0.9, minimum=0, maximum=1),
+        divergence=r.string("divergence", "forward_kl", choices=DIVERGENCES),
+        beta=r.number("beta", 0.5, minimum=0, maximum=1),
         batch_size=r.integer("batch_size", 64, minimum=1),
+        accumulation_steps=r.integer("accumulation_steps", 1, minimum=1),
         lr=r.number("lr", 1e-3, minimum=0, exclusive_minimum=True),
         weight_decay=r.number("weight_decay", 0.0, minimum=0),
         seed=r.integer("seed", 0, minimum=0),

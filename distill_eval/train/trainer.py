@@ -71,6 +71,15 @@ from distill_eval._io import atomic_write
 from distill_eval.config import ModelSpec
 from distill_eval.data import Dataset, load_dataset
 from distill_eval.errors import ConfigError, DataError, ModelError
+from distill_eval.lm.loss import count_valid_tokens, token_kd_loss
+from distill_eval.lm.models import (
+    TokenModel,
+    _from_module,
+    load_token_model,
+    shared_vocab,
+    token_model_fingerprint,
+)
+from distill_eval.lm.tokens import TokenDataset, load_byte_corpus, load_token_dataset, scored_positions
 from distill_eval.models import (
     Model,
     load_model,
@@ -83,7 +92,7 @@ from distill_eval.models import (
 from distill_eval.outputs import OutputCache, compute_logits
 from distill_eval.results import environment
 from distill_eval.session import output_cache_key
-from distill_eval.train.config import FILTERS, DistillOptions, TrainConfig
+from distill_eval.train.config import FILTERS, DistillOptions, TokenDataSpec, TrainConfig
 from distill_eval.train.distributed import SINGLE, Dist, process_group
 from distill_eval.train.loss import kd_loss
 
@@ -184,7 +193,11 @@ class TrainCallback:
         self, phase: str, epoch: int, rows: torch.Tensor, teacher_logits: torch.Tensor | None, loss: torch.Tensor
     ) -> None:
         """After each optimiser step: the dataset rows of the batch, the teacher's logits used for them
-        (None in the teacher and control phases) and the batch loss."""
+        (None in the teacher and control phases) and the batch loss.
+
+        Under torchrun, ``rows`` are this rank's rows and, on token data, the loss is this rank's
+        share of the step's loss (every rank divides by the scored tokens of the whole step, so the
+        shares add up to it)."""
 
     def on_epoch_end(self, phase: str, record: Mapping[str, float]) -> None:
         """After each epoch, once its checkpoint and manifest are written."""
@@ -441,12 +454,29 @@ class _Run:
         self.bf16 = _use_bf16(config, device)
         self.cache = OutputCache(config.distill.cache_dir, enabled=use_cache)
         self.finished_phases: dict[str, _Phase] = {}
-        self.train_data = _labelled(load_dataset(config.train), "train")
-        self.val_data = _labelled(load_dataset(config.val), "val")
-        self.train_x = torch.from_numpy(self.train_data.x)
-        self.train_y = torch.from_numpy(self.train_data.y)
-        self.val_x = torch.from_numpy(self.val_data.x)
-        self.val_y = torch.from_numpy(self.val_data.y)
+        # Token data: x holds the input ids, y the unshifted labels, and the masks the attention masks.
+        self.tokens = config.tokens
+        self.train_mask: torch.Tensor | None = None
+        self.val_mask: torch.Tensor | None = None
+        self.vocab_size: int | None = None  # token data: the vocabulary teacher and student share
+        if self.tokens:
+            assert isinstance(config.train, TokenDataSpec) and isinstance(config.val, TokenDataSpec)
+            self.train_data: Any = _token_data(config.train, config)
+            self.val_data: Any = _token_data(config.val, config)
+            self.train_x = torch.from_numpy(self.train_data.input_ids)
+            self.train_mask = torch.from_numpy(self.train_data.attention_mask)
+            self.train_y = torch.from_numpy(self.train_data.labels)
+            self.val_x = torch.from_numpy(self.val_data.input_ids)
+            self.val_mask = torch.from_numpy(self.val_data.attention_mask)
+            self.val_y = torch.from_numpy(self.val_data.labels)
+            self.n_train_tokens = count_valid_tokens(self.train_data.labels, self.train_data.attention_mask)
+        else:
+            self.train_data = _labelled(load_dataset(config.train), "train")
+            self.val_data = _labelled(load_dataset(config.val), "val")
+            self.train_x = torch.from_numpy(self.train_data.x)
+            self.train_y = torch.from_numpy(self.train_data.y)
+            self.val_x = torch.from_numpy(self.val_data.x)
+            self.val_y = torch.from_numpy(self.val_data.y)
 
         self.teacher_spec = config.teacher
         self.teacher_info: dict[str, Any] = {}
@@ -475,6 +505,12 @@ class _Run:
 
     def _prepare_teacher(self) -> None:
         """The teacher's validation predictions (and training logits offline), and the class count."""
+        if self.tokens:
+            assert isinstance(self.teacher, TokenModel)
+            self.vocab_size = self.teacher.true_vocab_size
+            self._check_labels()
+            self.teacher_val_preds = self._teacher_val_argmax()
+            return
         val_logits = self._teacher_logits(self.val_data)
         self.n_classes = int(val_logits.shape[1])
         self.teacher_val_preds = torch.from_numpy(val_logits.argmax(axis=1))
@@ -485,6 +521,20 @@ class _Run:
         self._check_labels()
 
     def _check_labels(self) -> None:
+        if self.tokens:
+            for data in (self.train_data, self.val_data):
+                if not data.n_scored:
+                    raise DataError(
+                        f"token dataset '{data.name}' ({data.source}) has no scored token (every next-token label "
+                        "is -100 or unattended); training needs some"
+                    )
+                high = int(max(data.labels.max(), data.input_ids.max()))
+                if high >= (self.vocab_size or 0):
+                    raise DataError(
+                        f"token dataset '{data.name}' ({data.source}) holds token id {high}, but the teacher "
+                        f"({self.teacher_spec.describe()}) has a vocabulary of {self.vocab_size} tokens"
+                    )
+            return
         for data in (self.train_data, self.val_data):
             if int(data.y.max()) >= (self.n_classes or 0):
                 raise DataError(
@@ -511,8 +561,14 @@ class _Run:
 
     # -- teacher ---------------------------------------------------------------
 
-    def _load_teacher(self, injected: Any) -> tuple[Model, str | None]:
-        if injected is not None:
+    def _load_teacher(self, injected: Any) -> tuple[Any, str | None]:
+        model: Any
+        if self.tokens:
+            if injected is not None:
+                model = _from_module("teacher", injected, device=self.device, format="object", vocab_size=None)
+            else:
+                model = load_token_model(self.teacher_spec, device=self.device)
+        elif injected is not None:
             model = wrap_model("teacher", injected, device=self.device, format="object")
         else:
             model = load_model(self.teacher_spec, device=self.device)
@@ -522,6 +578,12 @@ class _Run:
                 module.eval()
             for parameter in module.parameters():  # TorchScript modules refuse module.requires_grad_
                 parameter.requires_grad_(False)
+        if self.tokens:
+            # A language model's logits are never cached here: the teacher runs on every batch.
+            self.cacheable = False
+            if injected is not None:
+                return model, model.parameter_fingerprint()
+            return model, token_model_fingerprint(self.teacher_spec) or model.parameter_fingerprint(self.teacher_spec)
         if injected is not None:
             # An object passed in has no files to identify it; its logits are computed, never cached.
             self.cacheable = False
@@ -585,9 +647,26 @@ class _Run:
                 "Delete that cache folder, or train with offline = false"
             )
 
-    def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits for one batch already on the device, without gradients."""
+    def _teacher_val_argmax(self) -> torch.Tensor:
+        """Token data: the teacher's top-1 next token at every position of the validation set, (S, L) int64."""
         assert self.teacher is not None
+        size = self.config.distill.teacher_batch_size
+        assert self.val_mask is not None
+        parts = []
+        for ids, mask in zip(self.val_x.split(size), self.val_mask.split(size), strict=True):
+            parts.append(self.teacher_forward(ids.to(self.device), mask.to(self.device)).argmax(dim=-1).cpu())
+        return torch.cat(parts)
+
+    def teacher_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's logits for one batch already on the device, without gradients.
+
+        For token data ``x`` holds input ids, ``attention_mask`` their mask, and the logits are
+        (batch, length, vocab), in the teacher's own dtype.
+        """
+        assert self.teacher is not None
+        if self.tokens:
+            with self.autocast():
+                return self.teacher(x, attention_mask)
         module = self.teacher.module
         if isinstance(module, nn.Module):
             with torch.no_grad(), self.autocast():
@@ -600,6 +679,16 @@ class _Run:
     def build_model(self, role: str) -> nn.Module:
         """A fresh student (or teacher to train) from its factory (seed the global RNG first), in train mode."""
         spec = self.config.teacher if role == "teacher" else self.config.student
+        if self.tokens:
+            # Checked with one forward pass on a (1, 2) batch; the true vocabulary as the plugin reads it.
+            lm = load_token_model(spec, device=self.device)
+            if role == "teacher":
+                self.vocab_size = lm.true_vocab_size
+                self._check_labels()
+            else:
+                assert isinstance(self.teacher, TokenModel)
+                shared_vocab(self.teacher, lm)
+            return lm.module.train()
         model = load_model(spec, device=self.device)
         module = model.module
         if not isinstance(module, nn.Module):
@@ -722,80 +811,155 @@ class _Phase:
         model = self._trained_model()
         self.model.train()
         total = torch.zeros((), dtype=torch.float64, device=run.device)
+        steps = options.accumulation_steps
         for batch, rows in self._epoch_batches():
-            x = run.train_x[rows]
+            # This rank's rows in at most `steps` micro-batches; every rank takes exactly one synchronising
+            # backward (the last), so DDP averages the gradients once per step.
+            micro = [m for m in rows.tensor_split(steps) if len(m)] or [rows]
+            n_tokens = None
+            if run.tokens:
+                assert run.train_mask is not None
+                # N of token_kd_loss: the scored tokens of the whole step, every micro-batch and rank.
+                local = count_valid_tokens(run.train_y[rows], run.train_mask[rows]) if len(rows) else 0
+                n_tokens = float(dist.all_reduce_sum(torch.tensor(float(local), dtype=torch.float64)))
+            noise = None
             if run.config.augment.enabled:
                 # Noise for the whole global batch, then this rank's rows: the inputs one process would see.
-                noise = torch.randn((len(batch), *x.shape[1:]), generator=self.noise)
+                noise = torch.randn((len(batch), *run.train_x.shape[1:]), generator=self.noise)
                 if dist.enabled:
                     noise = noise[dist.rank :: dist.world_size]
-                x = x + noise * run.config.augment.noise_std
-            x = x.to(run.device)
-            y = run.train_y[rows].to(run.device)
-            with run.autocast():
-                logits = _as_logits(model(x), "student")
-            if not len(rows):
-                # A last batch smaller than the world: this rank adds a zero gradient to DDP's average.
-                self.optimizer.zero_grad(set_to_none=True)
-                (logits.float().sum() * 0.0).backward()
-                self.optimizer.step()
-                continue
-            teacher_logits = None
-            if self.uses_teacher:
-                if run.train_teacher_logits is not None:
-                    teacher_logits = run.train_teacher_logits[rows].to(run.device)  # by row, never by batch order
-                else:
-                    teacher_logits = run.teacher_forward(x)
-                loss = distillation_loss(
-                    logits,
-                    teacher_logits,
-                    y,
-                    temperature=options.temperature,
-                    alpha=options.alpha,
-                    filter_teacher_errors=options.filter_teacher_errors,
-                )
-            else:
-                # The control (and a teacher trained here): labels only.
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
-            if dist.enabled:
-                # DDP averages gradients over ranks; weighting each rank's mean by its share of the
-                # global batch makes that average the gradient of the global batch's mean loss.
-                (loss * (len(rows) * dist.world_size / len(batch))).backward()
-            else:
-                loss.backward()
+            step_loss = torch.zeros((), dtype=torch.float64, device=run.device)
+            used: list[torch.Tensor] = []
+            offset = 0
+            for i, part in enumerate(micro):
+                sync = i == len(micro) - 1 or not dist.enabled
+                part_noise = noise[offset : offset + len(part)] if noise is not None else None
+                offset += len(part)
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    loss, weight, teacher_logits = self._micro_batch(model, batch, part, n_tokens, part_noise)
+                    (loss * weight).backward()
+                if not len(part):
+                    continue  # a last batch smaller than the world: this rank added a zero gradient
+                # The loss summed over the micro-batch's examples (classification) or scored tokens.
+                step_loss += loss.detach().double() * (n_tokens if n_tokens is not None else len(part) / len(rows))
+                if teacher_logits is not None:
+                    used.append(teacher_logits)
             self.optimizer.step()
-            total += loss.detach().double() * len(rows)
+            if not len(rows):
+                continue
+            if n_tokens is None:
+                total += step_loss * len(rows)
+                reported = step_loss.float()
+            else:
+                total += step_loss
+                reported = (step_loss / max(n_tokens, 1.0)).float()
             for callback in callbacks:
-                callback.on_batch(self.name, epoch, rows, teacher_logits, loss.detach())
+                callback.on_batch(self.name, epoch, rows, torch.cat(used) if used else None, reported)
         if self.scheduler is not None:
             self.scheduler.step()
-        train_loss = float(dist.all_reduce_sum(total)) / len(run.train_x)
+        train_loss = float(dist.all_reduce_sum(total)) / (run.n_train_tokens if run.tokens else len(run.train_x))
         if not np.isfinite(train_loss):
             raise ModelError(
                 f"{self.name} training diverged in epoch {epoch}: the loss is {train_loss}; lower [distill] lr "
                 f"(now {options.lr:g})"
             )
-        accuracy, agreement = self.evaluate()
+        accuracy, agreement, perplexity = self.evaluate()
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": accuracy}
         if agreement is not None:  # a teacher being trained has no teacher to agree with
             record["val_agreement"] = agreement
+        if perplexity is not None:
+            record["val_perplexity"] = perplexity
         record["lr"] = lr
         self.records.append(record)
         self._track_best(record)
         self._seconds = time.perf_counter() - start
         return record
 
-    def evaluate(self) -> tuple[float, float | None]:
+    def _micro_batch(
+        self,
+        model: nn.Module,
+        batch: torch.Tensor,
+        rows: torch.Tensor,
+        n_tokens: float | None,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """One micro-batch: its loss, the weight its gradient gets, and the teacher's logits (if used).
+
+        Classification: the loss is the micro-batch's mean, weighted by its share of the global
+        batch. Token data: the loss is already divided by the step's scored tokens (``n_tokens``),
+        so micro-batches add up. Under DDP, which averages gradients over ranks, both are also
+        multiplied by the world size. A rank without rows returns a zero loss with a gradient.
+        """
+        run, options, dist = self.run, self.options, self.run.dist
+        x = run.train_x[rows]
+        mask = run.train_mask[rows] if run.train_mask is not None else None
+        if noise is not None:
+            x = x + noise * run.config.augment.noise_std
+        x = x.to(run.device)
+        y = run.train_y[rows].to(run.device)
+        with run.autocast():
+            logits = _as_logits(model(x) if mask is None else model(x, mask.to(run.device)), "student")
+        if not len(rows):
+            return logits.float().sum() * 0.0, 1.0, None
+        teacher_logits = None
+        if run.tokens:
+            assert mask is not None and n_tokens is not None
+            mask = mask.to(run.device)
+            if self.uses_teacher:
+                teacher_logits = run.teacher_forward(x, mask)
+                loss = token_kd_loss(
+                    logits,
+                    teacher_logits,
+                    y,
+                    attention_mask=mask,
+                    num_valid_tokens=n_tokens,
+                    divergence=options.divergence,
+                    temperature=options.temperature,
+                    alpha=options.alpha,
+                    beta=options.beta,
+                    vocab_size=run.vocab_size,
+                )
+            else:
+                # The control (and a teacher trained here): next-token cross-entropy alone.
+                loss = _token_cross_entropy(
+                    logits, y, mask, n_tokens=n_tokens, vocab_size=run.vocab_size, label_smoothing=self.label_smoothing
+                )
+            return loss, float(dist.world_size), teacher_logits
+        if self.uses_teacher:
+            if run.train_teacher_logits is not None:
+                teacher_logits = run.train_teacher_logits[rows].to(run.device)  # by row, never by batch order
+            else:
+                teacher_logits = run.teacher_forward(x)
+            loss = distillation_loss(
+                logits,
+                teacher_logits,
+                y,
+                temperature=options.temperature,
+                alpha=options.alpha,
+                filter_teacher_errors=options.filter_teacher_errors,
+            )
+        else:
+            # The control (and a teacher trained here): labels only.
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
+        # batch makes that average the gradient of the global batch's mean loss.
+        return loss, len(rows) * dist.world_size / len(batch), teacher_logits
+
+    def evaluate(self) -> tuple[float, float | None, float | None]:
         """Top-1 accuracy against the labels and top-1 agreement with the teacher on the validation set.
 
-        The agreement is None in the teacher phase.
+        The agreement is None in the teacher phase. On token data both are over the scored
+        tokens (the next token), and the third value is the perplexity on the labels (None for
+        classification).
 
         Under torchrun each rank predicts its share of whole batches (:func:`shard_rows` with
         ``block = teacher_batch_size``) and every rank gathers all predictions back in row
         order, each example exactly once; the numbers are then those one process computes.
         """
         run = self.run
+        if run.tokens:
+            return self._evaluate_tokens()
         dist, n, size = run.dist, len(run.val_x), self.options.teacher_batch_size
         val_x = run.val_x[torch.from_numpy(dist.shard(n, block=size))] if dist.enabled else run.val_x
         self.model.eval()
@@ -809,9 +973,39 @@ class _Phase:
             pred = dist.gather_rows(pred, n, block=size)
         accuracy = float((pred == run.val_y).double().mean())
         if run.teacher_val_preds is None:
-            return accuracy, None
+            return accuracy, None, None
         agreement = float((pred == run.teacher_val_preds).double().mean())
-        return accuracy, agreement
+        return accuracy, agreement, None
+
+    def _evaluate_tokens(self) -> tuple[float, float | None, float | None]:
+        """:meth:`evaluate` on token data: per-sequence sums, gathered in row order, then token-weighted."""
+        run = self.run
+        assert run.val_mask is not None and run.vocab_size is not None
+        dist, n, size = run.dist, len(run.val_x), self.options.teacher_batch_size
+        rows = torch.from_numpy(dist.shard(n, block=size)) if dist.enabled else torch.arange(n)
+        self.model.eval()
+        # Per sequence: scored tokens, correct next tokens, agreements with the teacher, summed NLL.
+        sums = [torch.empty((0, 4), dtype=torch.float64)]
+        with torch.no_grad(), run.autocast():
+            for part in rows.split(size):
+                ids, mask, labels = run.val_x[part], run.val_mask[part], run.val_y[part]
+                logits = _as_logits(self.model(ids.to(run.device), mask.to(run.device)), self.name)
+                logits = logits[..., : run.vocab_size].float().cpu()
+                scored = torch.from_numpy(scored_positions(labels.numpy(), mask.numpy())).double()
+                target = torch.zeros_like(labels)
+                target[:, :-1] = labels[:, 1:].clamp(min=0)
+                nll = -torch.log_softmax(logits, dim=-1).gather(-1, target[..., None])[..., 0].double()
+                pred = logits.argmax(dim=-1)
+                agree = pred == run.teacher_val_preds[part] if run.teacher_val_preds is not None else pred < 0
+                columns = (scored, (pred == target) * scored, agree * scored, nll * scored)
+                sums.append(torch.stack([c.sum(dim=1) for c in columns], dim=1))
+        self.model.train()
+        per_sequence = torch.cat(sums)
+        if dist.enabled:
+            per_sequence = dist.gather_rows(per_sequence, n, block=size)
+        tokens, correct, agreed, nll = per_sequence.sum(dim=0).tolist()
+        agreement = agreed / tokens if run.teacher_val_preds is not None else None
+        return correct / tokens, agreement, float(np.exp(nll / tokens))
 
     def _track_best(self, record: Mapping[str, Any]) -> None:
         """Early stopping: the student on validation agreement, the control on validation accuracy.
@@ -842,6 +1036,8 @@ class _Phase:
     def describe(self, record: Mapping[str, Any]) -> str:
         width = len(str(self.options.epochs))
         agreement = f"val_agreement {record['val_agreement']:.4f}  " if "val_agreement" in record else ""
+        if "val_perplexity" in record:
+            agreement += f"val_perplexity {record['val_perplexity']:.3f}  "
         return (
             f"{self.name:<7} epoch {record['epoch']:>{width}}/{self.options.epochs}  "
             f"train_loss {record['train_loss']:.4f}  val_accuracy {record['val_accuracy']:.4f}  "
@@ -871,7 +1067,12 @@ class _Phase:
             return
         batch = torch.export.Dim("batch", min=1)
         try:
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+            if self.run.tokens:
+                # A language model: (input_ids, attention_mask) with a dynamic batch and length.
+                dims = {0: batch, 1: torch.export.Dim("length", min=2)}
+                program = torch.export.export(model, (example, torch.ones_like(example)), dynamic_shapes=(dims, dims))
+            else:
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         except Exception as e:
             raise ModelError(
                 f"cannot export the {self.name} with a dynamic batch dimension ({type(e).__name__}: "
@@ -1114,6 +1315,38 @@ def _rank_seed(*entropy: int) -> int:
 def _rank_rng_state(device: str) -> dict[str, Any]:
     cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_initialized()
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}
+
+
+def _token_data(spec: TokenDataSpec, config: TrainConfig) -> TokenDataset:
+    """A token dataset of ``[data]``: the built-in byte corpus or a token file (named after its role)."""
+    if spec.source is not None:
+        assert spec.split is not None
+        return load_byte_corpus(spec.split, seq_len=spec.seq_len, name=spec.name)
+    assert spec.path is not None
+    return load_token_dataset(spec.path, name=spec.name, vocab_size=spec.vocab_size)
+
+
+def _token_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    n_tokens: float,
+    vocab_size: int | None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Next-token cross-entropy summed over the scored tokens, over ``n_tokens`` (the step's count).
+
+    The unshifted convention of :func:`~distill_eval.lm.tokens.scored_positions`: the logits at
+    ``t`` score ``labels[t + 1]``. With ``alpha = 0`` :func:`~distill_eval.lm.loss.token_kd_loss`
+    is the same loss; this one also smooths labels and needs no teacher.
+    """
+    scored = torch.from_numpy(scored_positions(labels.cpu().numpy(), attention_mask.cpu().numpy()))
+    scored = scored[:, :-1].to(logits.device)
+    z = logits[:, :-1, :vocab_size][scored].float()
+    y = labels[:, 1:][scored]
+    loss = F.cross_entropy(z, y, reduction="sum", label_smoothing=label_smoothing)
+    return loss / max(n_tokens, 1.0)
 
 
 def _labelled(data: Dataset, role: str) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import digits
@@ -203,3 +204,60 @@ def test_train_under_torchrun_with_two_processes_and_a_resume(tmp_path: Path) ->
     assert len(two["phases"]["student"]["rng"]["ranks"]) == 2  # each rank's random state, for exact resumes
     for key, value in one["phases"]["student"]["model"].items():
         torch.testing.assert_close(two["phases"]["student"]["model"][key], value, rtol=0, atol=1e-6)
+
+
+# -- token data under torchrun ---------------------------------------------------------------
+
+TOKEN_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+import lm_setup, students
+from distill_eval.train import load_train_config, train
+
+recorder = lm_setup.FirstStepGradients(students.BUILT)
+result = train(load_train_config("train.toml"), callbacks=[recorder], log=None)
+torch.save(
+    {"grads": recorder.grads["student"], "loss": recorder.loss["student"], "epochs": result.epochs},
+    f"out.{os.environ['RANK']}.pt",
+)
+"""
+
+
+@pytest.mark.slow
+def test_token_distillation_under_torchrun_takes_the_steps_of_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lm_setup
+
+    # 24 sequences of uneven lengths in global batches of 9, 9 and 6, each rank's share cut in two
+    # micro-batches: ranks and micro-batches hold different numbers of scored tokens.
+    lm_setup.setup(tmp_path)
+    document = lm_setup.document(epochs=2, batch_size=9, accumulation_steps=2, divergence="jsd", teacher_batch_size=5)
+    (tmp_path / "train.toml").write_text(lm_setup.to_toml(document))
+    (tmp_path / "tokens.py").write_text(TOKEN_SCRIPT)
+    done = torchrun(tmp_path, "tokens.py", str(Path(lm_setup.__file__).parent))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"out.{rank}.pt", weights_only=True) for rank in range(2)]
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "students", raising=False)
+    import students
+
+    recorder = lm_setup.FirstStepGradients(students.BUILT)
+    single = train(
+        load_train_config(tmp_path / "train.toml").with_output_dir(tmp_path / "single"),
+        callbacks=[recorder],
+        log=None,
+    )
+    monkeypatch.delitem(sys.modules, "students")
+    # The first step's gradient, all-reduced, is the one-process gradient on every rank; each
+    # rank's loss is its share of the step's loss (both divided by the tokens of the whole step).
+    for rank in ranks:
+        for name, grad in recorder.grads["student"].items():
+            torch.testing.assert_close(rank["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert ranks[0]["loss"] + ranks[1]["loss"] == pytest.approx(recorder.loss["student"], rel=1e-5)
+    for a, b in zip(ranks[0]["epochs"], single.epochs, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        # (not the weights bit for bit: the key bias has a zero gradient in exact arithmetic, and
+        # Adam turns its rounding noise, which differs between one and two processes, into steps)
+        assert a["val_perplexity"] == pytest.approx(b["val_perplexity"], rel=1e-4)

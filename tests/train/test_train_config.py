@@ -10,7 +10,7 @@ import pytest
 from distill_eval.config import DatasetSpec
 from distill_eval.errors import ConfigError
 from distill_eval.train import load_train_config
-from distill_eval.train.config import TeacherTraining, TrainConfig
+from distill_eval.train.config import TeacherTraining, TokenDataSpec, TrainConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "distill_eval" / "train" / "examples" / "digits.toml"
 
@@ -368,3 +368,90 @@ def test_recipe_keys_need_train_true(tmp_path: Path, key: str) -> None:
     name = key.split(" ")[0]
     message = error(tmp_path, MINIMAL.replace("[teacher]\n", f"[teacher]\n{key}\n"))
     assert f"[teacher]: '{name}' is a key of a teacher trained here; set 'train = true' or remove '{name}'" in message
+
+
+# -- token data ----------------------------------------------------------------------
+
+TOKENS = """
+[data]
+train = { source = "builtin:bytes", split = "train", seq_len = 64 }
+val = { source = "builtin:bytes" }
+
+[teacher]
+factory = "distill_eval.train.zoo:bytes_teacher"
+
+[student]
+factory = "distill_eval.train.zoo:bytes_student"
+
+[distill]
+epochs = 3
+divergence = "jsd"
+beta = 0.25
+accumulation_steps = 4
+
+[output]
+dir = "out"
+"""
+
+
+def test_a_token_source_makes_token_data(tmp_path: Path) -> None:
+    config = load(tmp_path, TOKENS)
+    assert config.tokens
+    assert config.train == TokenDataSpec(name="train", source="builtin:bytes", split="train", seq_len=64)
+    assert config.val == TokenDataSpec(name="val", source="builtin:bytes", split="test", seq_len=128)
+    d = config.distill
+    assert (d.divergence, d.beta, d.accumulation_steps) == ("jsd", 0.25, 4)
+    assert not load(tmp_path, MINIMAL).tokens and load(tmp_path, MINIMAL).distill.accumulation_steps == 1
+
+
+def test_token_files_need_kind_tokens(tmp_path: Path) -> None:
+    text = TOKENS.replace(
+        'train = { source = "builtin:bytes", split = "train", seq_len = 64 }\nval = { source = "builtin:bytes" }',
+        'kind = "tokens"\ntrain = { path = "train.npz" }\nval = { path = "val.pt", vocab_size = 300 }',
+    )
+    config = load(tmp_path, text)
+    assert config.tokens and config.train.path == tmp_path / "train.npz"
+    assert config.val == TokenDataSpec(name="val", path=tmp_path / "val.pt", vocab_size=300)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'source = "builtin:bytes" }',
+            'source = "builtin:byte" }',
+            "[data] val: 'source' must be one of 'builtin:bytes'",
+        ),
+        ("seq_len = 64", "seq_len = 1", "[data] train: 'seq_len' must be an integer >= 2"),
+        ('source = "builtin:bytes" }', 'path = "v.npz", split = "test" }', "[data] val: 'split' applies only to"),
+        ('source = "builtin:bytes" }', 'source = "builtin:bytes", vocab_size = 9 }', "'vocab_size' applies only to"),
+        ("[data]", '[data]\nkind = "classification"', "[data]: 'train' reads the token source 'builtin:bytes'"),
+        ("[data]", '[data]\nkind = "text"', "[data]: 'kind' must be one of 'classification' or 'tokens', got 'text'"),
+        (
+            '"jsd"',
+            '"reverse-kl"',
+            "'divergence' must be one of 'forward_kl', 'jsd' or 'reverse_kl', got 'reverse-kl' (did you mean",
+        ),
+        ("beta = 0.25", "beta = 2", "[distill]: 'beta' must be a number in [0, 1]"),
+        ("accumulation_steps = 4", "accumulation_steps = 0", "[distill]: 'accumulation_steps' must be an integer >= 1"),
+        ("epochs = 3", "epochs = 3\noffline = true", "[distill]: 'offline = true' caches the teacher's logits"),
+        ("epochs = 3", 'epochs = 3\nfilter_teacher_errors = "drop"', "[distill]: 'filter_teacher_errors = \"drop\"'"),
+        ('dir = "out"', 'dir = "out"\nformat = "torchscript"', "[output]: 'format = \"torchscript\"': language models"),
+        ('dir = "out"', 'dir = "out"\n[augment]\nnoise_std = 0.1', "[augment]: 'noise_std' adds noise to numeric"),
+    ],
+)
+def test_token_data_mistakes(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in TOKENS
+    assert expected in error(tmp_path, TOKENS.replace(old, new, 1))
+
+
+def test_other_divergences_are_for_token_data(tmp_path: Path) -> None:
+    message = error(tmp_path, MINIMAL.replace("epochs = 3", 'epochs = 3\ndivergence = "reverse_kl"'))
+    assert "[distill]: 'divergence = \"reverse_kl\"' is for token data" in message
+
+
+def test_the_bytes_example_config_loads() -> None:
+    config = load_train_config(EXAMPLE.with_name("bytes.toml"))
+    assert config.tokens and config.teacher_training is not None
+    assert config.teacher.factory == "distill_eval.train.zoo:bytes_teacher"
+    assert config.student.factory == "distill_eval.train.zoo:bytes_student"
