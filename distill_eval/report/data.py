@@ -743,6 +743,21 @@ _KIND_BLOCKS = {
 }
 
 
+def _token_note(check: Mapping[str, Any]) -> Note | None:
+    """What a reviewer must know to read a check on token (language-model) data; None for other data."""
+    tokens, sequences = check.get("tokens"), check.get("sequences")
+    if not isinstance(tokens, int) or not isinstance(sequences, int):
+        return None
+    per = f"{tokens / sequences:.0f}" if sequences else "0"
+    return Note(
+        f"Token-level data: {tokens:,} scored next-token positions in {sequences:,} sequences "
+        f"(about {per} a sequence). Each metric is a mean over scored tokens (the token-weighted "
+        "mean); quantiles such as kl_p99 are over tokens. Tokens of one sequence are not independent, "
+        "so every interval resamples whole sequences: it is wider than a token-level bootstrap would "
+        "pretend, and it narrows with more sequences, not with longer ones."
+    )
+
+
 def _section(suite: Mapping[str, Any], check: Mapping[str, Any], anchor: str) -> Section:
     kind = str(check.get("kind", ""))
     outcome = str(check.get("outcome", ""))
@@ -766,8 +781,13 @@ def _section(suite: Mapping[str, Any], check: Mapping[str, Any], anchor: str) ->
         table = _metrics_table(check)
         if table is not None:
             blocks.append(table)
+        token_note = _token_note(check)
+        if token_note is not None:
+            blocks.insert(0, token_note)
     models = check.get("models") or {}
     facts = [f"dataset '{check.get('dataset')}'"] if check.get("dataset") else []
+    if isinstance(check.get("tokens"), int) and isinstance(check.get("sequences"), int):
+        facts.append(f"{check['tokens']:,} scored tokens in {check['sequences']:,} sequences")
     if models:
         facts.append(", ".join(f"{role} '{name}'" for role, name in models.items()))
     facts.append(f"gate {gate}")

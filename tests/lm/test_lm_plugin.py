@@ -424,3 +424,23 @@ def test_jsonl_dataset_keys_are_checked(tmp_path, table: str, message: str) -> N
         load_project_config(tmp_path)
     assert str(info.value).startswith(str(tmp_path / "pyproject.toml"))
     assert "[tool.distill_eval.datasets.qa]" in str(info.value) and message in str(info.value)
+
+
+def test_the_report_says_how_token_checks_count_and_resample(lm_project: pytest.Pytester) -> None:
+    """report.html and its data: a token check names its scored tokens and sequences; a digits check does not."""
+    from distill_eval.report.data import build_report_data
+
+    lm_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=3, failed=1)
+    doc = json.loads((lm_project.path / "reports" / "results.json").read_text())
+    good = next(c for s in doc["suites"] for c in s["checks"] if c["id"] == "good")
+    data = build_report_data(doc)
+    section = next(s for s in data.sections if s.check_id == "good")
+    assert f"{good['tokens']:,} scored tokens in {good['sequences']:,} sequences" in section.facts
+    notes = [b.text for b in section.blocks if getattr(b, "kind", "") == "note"]
+    assert any("resamples whole sequences" in n for n in notes), notes
+    html = (lm_project.path / "reports" / "report.html").read_text()
+    assert "resamples whole sequences" in html
+    # a classification check's section carries no token note
+    classification = dict(good, tokens=None, sequences=None)
+    plain = build_report_data(dict(doc, suites=[dict(doc["suites"][0], checks=[classification])]))
+    assert not any("Token-level" in getattr(b, "text", "") for s in plain.sections for b in s.blocks)
