@@ -191,7 +191,8 @@ def test_every_training_config_key_is_documented(tmp_path: Path, readers: list, 
 
 def test_every_token_training_config_key_is_documented(tmp_path: Path, readers: list) -> None:
     data = (
-        'kind = "tokens"\ntrain = { path = "t.npz", vocab_size = 9 }\nval = { source = "builtin:bytes", seq_len = 8 }\n'
+        'kind = "tokens"\ntrain = { path = "t.jsonl", tokenizer = "bytes", max_length = 8, bos = true }\n'
+        'val = { source = "builtin:bytes", seq_len = 8 }\n'
     )
     text = _TRAIN.split("[student]")[1].replace("[augment]\nnoise_std = 0.1\n", "")
     document = f'[data]\n{data}[teacher]\npath = "t.pt2"\n[student]{text}'.replace(

@@ -80,6 +80,7 @@ from typing import Any
 
 from distill_eval._tables import TableReader
 from distill_eval.config import (
+    TOKEN_SOURCES,
     DatasetSpec,
     ModelSpec,
     _check_device,
@@ -90,6 +91,7 @@ from distill_eval.config import (
 )
 from distill_eval.errors import ConfigError
 from distill_eval.lm.loss import DIVERGENCES
+from distill_eval.lm.session import holds_tokens
 
 __all__ = [
     "BYTES_SOURCE",
@@ -100,7 +102,6 @@ __all__ = [
     "DistillOptions",
     "OutputOptions",
     "TeacherTraining",
-    "TokenDataSpec",
     "TrainConfig",
     "load_train_config",
     "parse_train_config",
@@ -112,7 +113,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 FORMATS = ("export", "torchscript")
 DATA_KINDS = ("classification", "tokens")
 #: the built-in byte-level corpus (:func:`distill_eval.lm.tokens.load_byte_corpus`) as a training source
-BYTES_SOURCE = "builtin:bytes"
+BYTES_SOURCE = TOKEN_SOURCES[0]
 #: the keys of a ``[teacher]`` table with ``train = true`` that set the teacher's recipe
 TEACHER_RECIPE_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "label_smoothing", "seed")
 
@@ -198,46 +199,15 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
-class TokenDataSpec:
-    """A token dataset of a ``[data]`` table with ``kind = "tokens"``.
-
-    Attributes
-    ----------
-    name : str
-        ``"train"`` or ``"val"``.
-    path : Path or None
-        A ``.npz`` / ``.pt`` token file (:func:`distill_eval.lm.tokens.load_token_dataset`).
-    source : str or None
-        ``"builtin:bytes"``: the built-in byte corpus (:func:`distill_eval.lm.tokens.load_byte_corpus`).
-    split : str or None
-        The corpus split: ``"train"``, ``"test"`` or ``"all"``.
-    seq_len : int
-        Tokens per sequence of the byte corpus.
-    vocab_size : int or None
-        For a file: the vocabulary its ids must fall in.
-    """
-
-    name: str
-    path: Path | None = None
-    source: str | None = None
-    split: str | None = None
-    seq_len: int = 128
-    vocab_size: int | None = None
-
-    def describe(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        return f"{self.source} ({self.split}, seq_len {self.seq_len})"
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """A validated training config.
 
     Attributes
     ----------
-    train, val : DatasetSpec or TokenDataSpec
+    train, val : DatasetSpec
         ``[data] train`` and ``[data] val``; both need labels (token data: scored tokens).
+    kind : str
+        ``"classification"`` or ``"tokens"`` (``[data] kind``).
     teacher : ModelSpec
         ``[teacher]``: any model the plugin loads; with ``train = true``, the
         ``factory`` (+ ``kwargs``) of the teacher to train.
@@ -254,12 +224,13 @@ class TrainConfig:
         The TOML document as written, recorded in the manifest.
     """
 
-    train: DatasetSpec | TokenDataSpec
-    val: DatasetSpec | TokenDataSpec
+    train: DatasetSpec
+    val: DatasetSpec
     teacher: ModelSpec
     student: ModelSpec
     distill: DistillOptions
     output: OutputOptions
+    kind: str = "classification"
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     teacher_training: TeacherTraining | None = None
     file: Path | None = None
@@ -268,7 +239,7 @@ class TrainConfig:
     @property
     def tokens(self) -> bool:
         """True for token data (``[data] kind = "tokens"``): language models and the token loss."""
-        return isinstance(self.train, TokenDataSpec)
+        return self.kind == "tokens"
 
     def with_output_dir(self, directory: str | Path) -> TrainConfig:
         """A copy writing into ``directory`` instead of ``[output] dir``."""
@@ -323,22 +294,25 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
     for key, table in data.items():
         if table is None:
             raise r.error(f"missing required key '{key}' (an inline dataset table, e.g. {{ path = \"{key}.npz\" }})")
-    by_source = [key for key, table in data.items() if table.get("source") == BYTES_SOURCE]
+    # one reading of a dataset table, the project's: token data is a file of input_ids, a .jsonl
+    # text file with its tokenizer, or the built-in byte corpus
+    train = dataset_spec_from_table("train", data["train"], file=name, base=base, where="[data] train")
+    val = dataset_spec_from_table("val", data["val"], file=name, base=base, where="[data] val")
+    by_source = [spec.name for spec in (train, val) if spec.source == BYTES_SOURCE]
     if kind is None:
-        kind = "tokens" if by_source else "classification"
+        kind = "tokens" if by_source or any(holds_tokens(spec) for spec in (train, val)) else "classification"
     elif kind == "classification" and by_source:
         raise r.error(
             f"'{by_source[0]}' reads the token source {BYTES_SOURCE!r}, but kind = \"classification\"; "
             'remove kind (a token source implies kind = "tokens")'
         )
-    train: DatasetSpec | TokenDataSpec
-    val: DatasetSpec | TokenDataSpec
     if kind == "tokens":
-        train = _token_data_spec("train", data["train"], file=name, base=base)
-        val = _token_data_spec("val", data["val"], file=name, base=base)
-    else:
-        train = dataset_spec_from_table("train", data["train"], file=name, base=base, where="[data] train")
-        val = dataset_spec_from_table("val", data["val"], file=name, base=base, where="[data] val")
+        for spec in (train, val):
+            if spec.source is not None and spec.source != BYTES_SOURCE:
+                raise r.error(
+                    f"'{spec.name}' reads {spec.source!r}, which is not token data; token data is a file of "
+                    f'input_ids, a .jsonl text file with its tokenizer, or source = "{BYTES_SOURCE}"'
+                )
 
     teacher, teacher_training = _teacher(teacher_table, file=name, base=base)
     student = model_spec_from_table("student", student_table, file=name, base=base, where="[student]")
@@ -393,32 +367,10 @@ def parse_train_config(document: Mapping[str, Any], *, file: str | Path | None =
         output=output,
         augment=augment,
         teacher_training=teacher_training,
+        kind=kind,
         file=Path(file) if file is not None else None,
         document=dict(document),
     )
-
-
-def _token_data_spec(key: str, table: Any, *, file: str, base: Path) -> TokenDataSpec:
-    """A ``[data] train`` / ``val`` table of token data: a token file, or the built-in byte corpus."""
-    r = TableReader(table, file=file, where=f"[data] {key}")
-    path = r.string("path", None)
-    source = r.string("source", None, choices=(BYTES_SOURCE,))
-    split = r.string("split", None, choices=("train", "test", "all"))
-    seq_len = r.integer("seq_len", None, minimum=2)
-    vocab_size = r.integer("vocab_size", None, minimum=1)
-    r.finish()
-    if path and source:
-        raise r.error("set either 'path' (a token file) or 'source', not both")
-    if not path and not source:
-        raise r.error(f"set 'path' (a .npz or .pt token file) or 'source = \"{BYTES_SOURCE}\"'")
-    if path:
-        for option in ("split", "seq_len"):
-            if r.has(option):
-                raise r.error(f"'{option}' applies only to 'source = \"{BYTES_SOURCE}\"'; a token file is used whole")
-        return TokenDataSpec(name=key, path=_resolve(base, path), vocab_size=vocab_size)
-    if vocab_size is not None:
-        raise r.error(f"'vocab_size' applies only to a token file; {BYTES_SOURCE} has its own (259 byte tokens)")
-    return TokenDataSpec(name=key, source=source, split=split or "test", seq_len=128 if seq_len is None else seq_len)
 
 
 def _check_token_options(distill: DistillOptions, augment: AugmentOptions, output_format: str, *, file: str) -> None:

@@ -79,7 +79,8 @@ from distill_eval.lm.models import (
     shared_vocab,
     token_model_fingerprint,
 )
-from distill_eval.lm.tokens import TokenDataset, load_byte_corpus, load_token_dataset, scored_positions
+from distill_eval.lm.session import load_token_spec
+from distill_eval.lm.tokens import scored_positions
 from distill_eval.models import (
     Model,
     load_model,
@@ -92,7 +93,7 @@ from distill_eval.models import (
 from distill_eval.outputs import OutputCache, compute_logits
 from distill_eval.results import environment
 from distill_eval.session import output_cache_key
-from distill_eval.train.config import FILTERS, DistillOptions, TokenDataSpec, TrainConfig
+from distill_eval.train.config import FILTERS, DistillOptions, TrainConfig
 from distill_eval.train.distributed import SINGLE, Dist, process_group
 from distill_eval.train.loss import kd_loss
 
@@ -460,9 +461,8 @@ class _Run:
         self.val_mask: torch.Tensor | None = None
         self.vocab_size: int | None = None  # token data: the vocabulary teacher and student share
         if self.tokens:
-            assert isinstance(config.train, TokenDataSpec) and isinstance(config.val, TokenDataSpec)
-            self.train_data: Any = _token_data(config.train, config)
-            self.val_data: Any = _token_data(config.val, config)
+            self.train_data: Any = load_token_spec(config.train)
+            self.val_data: Any = load_token_spec(config.val)
             self.train_x = torch.from_numpy(self.train_data.input_ids)
             self.train_mask = torch.from_numpy(self.train_data.attention_mask)
             self.train_y = torch.from_numpy(self.train_data.labels)
@@ -1315,15 +1315,6 @@ def _rank_seed(*entropy: int) -> int:
 def _rank_rng_state(device: str) -> dict[str, Any]:
     cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_initialized()
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}
-
-
-def _token_data(spec: TokenDataSpec, config: TrainConfig) -> TokenDataset:
-    """A token dataset of ``[data]``: the built-in byte corpus or a token file (named after its role)."""
-    if spec.source is not None:
-        assert spec.split is not None
-        return load_byte_corpus(spec.split, seq_len=spec.seq_len, name=spec.name)
-    assert spec.path is not None
-    return load_token_dataset(spec.path, name=spec.name, vocab_size=spec.vocab_size)
 
 
 def _token_cross_entropy(

@@ -10,7 +10,7 @@ import pytest
 from distill_eval.config import DatasetSpec
 from distill_eval.errors import ConfigError
 from distill_eval.train import load_train_config
-from distill_eval.train.config import TeacherTraining, TokenDataSpec, TrainConfig
+from distill_eval.train.config import TeacherTraining, TrainConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "distill_eval" / "train" / "examples" / "digits.toml"
 
@@ -397,21 +397,23 @@ dir = "out"
 def test_a_token_source_makes_token_data(tmp_path: Path) -> None:
     config = load(tmp_path, TOKENS)
     assert config.tokens
-    assert config.train == TokenDataSpec(name="train", source="builtin:bytes", split="train", seq_len=64)
-    assert config.val == TokenDataSpec(name="val", source="builtin:bytes", split="test", seq_len=128)
+    assert config.train == DatasetSpec(name="train", source="builtin:bytes", split="train", seq_len=64)
+    assert config.val == DatasetSpec(name="val", source="builtin:bytes", split="test")  # seq_len: the corpus's default
     d = config.distill
     assert (d.divergence, d.beta, d.accumulation_steps) == ("jsd", 0.25, 4)
     assert not load(tmp_path, MINIMAL).tokens and load(tmp_path, MINIMAL).distill.accumulation_steps == 1
 
 
-def test_token_files_need_kind_tokens(tmp_path: Path) -> None:
+def test_token_files_and_jsonl_text_are_token_data(tmp_path: Path) -> None:
     text = TOKENS.replace(
         'train = { source = "builtin:bytes", split = "train", seq_len = 64 }\nval = { source = "builtin:bytes" }',
-        'kind = "tokens"\ntrain = { path = "train.npz" }\nval = { path = "val.pt", vocab_size = 300 }',
+        'kind = "tokens"\ntrain = { path = "train.npz" }\nval = { path = "val.jsonl", tokenizer = "bytes" }',
     )
     config = load(tmp_path, text)
     assert config.tokens and config.train.path == tmp_path / "train.npz"
-    assert config.val == TokenDataSpec(name="val", path=tmp_path / "val.pt", vocab_size=300)
+    assert config.val == DatasetSpec(name="val", path=tmp_path / "val.jsonl", tokenizer="bytes")
+    # without kind: a .jsonl file is token data by itself
+    assert load(tmp_path, text.replace('kind = "tokens"\n', "")).tokens
 
 
 @pytest.mark.parametrize(
@@ -424,7 +426,12 @@ def test_token_files_need_kind_tokens(tmp_path: Path) -> None:
         ),
         ("seq_len = 64", "seq_len = 1", "[data] train: 'seq_len' must be an integer >= 2"),
         ('source = "builtin:bytes" }', 'path = "v.npz", split = "test" }', "[data] val: 'split' applies only to"),
-        ('source = "builtin:bytes" }', 'source = "builtin:bytes", vocab_size = 9 }', "'vocab_size' applies only to"),
+        ('source = "builtin:bytes" }', 'source = "builtin:bytes", vocab_size = 9 }', "unknown key 'vocab_size'"),
+        (
+            'source = "builtin:bytes" }',
+            'source = "sklearn:digits" }',
+            "'val' reads 'sklearn:digits', which is not token",
+        ),
         ("[data]", '[data]\nkind = "classification"', "[data]: 'train' reads the token source 'builtin:bytes'"),
         ("[data]", '[data]\nkind = "text"', "[data]: 'kind' must be one of 'classification' or 'tokens', got 'text'"),
         (
