@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from distill_eval.errors import DataError
-from distill_eval.lm.pairstats import _chunk_size, _log_softmax, _logits, _scored_batch, _take, _vocab
+from distill_eval.lm.pairstats import _chunk_size, _log_softmax, _logits, _scored_batch, _take, _top_k, _vocab
 from distill_eval.lm.tokens import TokenDataset
 
 __all__ = ["ModelTokenStats", "model_stats", "stream_model_stats"]
@@ -229,9 +229,7 @@ def model_stats(
     import torch
 
     vocab = _vocab(vocab_size)
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be an integer in [1, vocab_size] = [1, {vocab}], got {top_k!r}")
-    k = int(top_k)
+    k = _top_k(top_k, vocab)
     tensor = torch.as_tensor(logits)
     rows, cols, targets, flat = _scored_batch({who: tensor}, labels, attention_mask, vocab, sequence_offset)
     chunk = _chunk_size(chunk_tokens, vocab)

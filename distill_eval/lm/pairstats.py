@@ -169,6 +169,13 @@ def shared_vocab_size(teacher: int, student: int) -> int:
     return int(teacher)
 
 
+def _top_k(top_k: Any, vocab: int) -> int:
+    """``top_k`` checked against the vocabulary: an integer in [1, vocab]."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be an integer in [1, vocab_size] = [1, {vocab}], got {top_k!r}")
+    return int(top_k)
+
+
 def _vocab(vocab_size: int | tuple[int, int]) -> int:
     if isinstance(vocab_size, tuple):
         vocab_size = shared_vocab_size(*vocab_size)
@@ -226,9 +233,7 @@ def pair_stats(
     import torch
 
     vocab = _vocab(vocab_size)
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be an integer in [1, vocab_size] = [1, {vocab}], got {top_k!r}")
-    k = int(top_k)
+    k = _top_k(top_k, vocab)
     tl = torch.as_tensor(teacher_logits)
     sl = torch.as_tensor(student_logits)
     rows, cols, targets, flat = _scored_batch(
