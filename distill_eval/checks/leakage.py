@@ -39,6 +39,12 @@ duplicate_rate
 Extras: ``duplicates``, up to 20 example pairs ``{"id", "train_id", "distance"}``
 (exact duplicates first, then near ones by increasing distance), and
 ``near_distance`` when ``near = true``.
+
+On token data (both datasets hold token sequences) the metrics are
+``exact_duplicates``, ``ngram_overlap`` (the share of evaluation sequences
+sharing an n-gram of ``ngram`` tokens, default 13, with the training data) and
+``duplicate_rate`` (either), all censuses; see :mod:`distill_eval.lm.leakage`.
+Their ``duplicates`` pairs are ``{"id", "train_id", "match"}``.
 """
 
 from __future__ import annotations
