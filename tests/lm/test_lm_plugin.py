@@ -466,7 +466,9 @@ max = { duplicate_rate = 0 }
 """
 
 
-def test_token_leakage_fails_a_planted_leak_under_strict_and_passes_clean_data(lm_project: pytest.Pytester) -> None:
+def test_token_leakage_fails_a_planted_leak_under_strict_and_passes_clean_data(
+    lm_project: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
     from distill_eval.checks.leakage import TOKEN_METRICS
 
     evaluation = np.load(lm_project.path / "tokens.npz")
@@ -503,3 +505,8 @@ def test_token_leakage_fails_a_planted_leak_under_strict_and_passes_clean_data(l
     again = lm_project.runpytest("-p", "no:cacheprovider", "--distill")
     again.assert_outcomes(passed=1, failed=1)
     assert "from cache" in again.stdout.str()
+    assert [c["metrics"] for c in _checks(lm_project)] == [by_id["planted"]["metrics"], by_id["clean"]["metrics"]]
+    capsys.readouterr()
+    assert main(["cache"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "leakage-tokens" in line]
+    assert len(lines) == 2, lines  # one search per training set
