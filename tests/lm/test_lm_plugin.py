@@ -502,6 +502,7 @@ def test_token_leakage_fails_a_planted_leak_under_strict_and_passes_clean_data(
     assert all(clean_metrics[name]["value"] == 0 for name in TOKEN_METRICS)
     leaked = by_id["planted"]["duplicates"]
     assert [(d["id"], d["train_id"], d["match"]) for d in leaked] == [("3", "4", "exact"), ("11", "9", "ngram")]
+    assert "a shared run of 13 tokens" in (lm_project.path / "reports" / "report.html").read_text()
     again = lm_project.runpytest("-p", "no:cacheprovider", "--distill")
     again.assert_outcomes(passed=1, failed=1)
     assert "from cache" in again.stdout.str()
