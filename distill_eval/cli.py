@@ -314,7 +314,8 @@ kinds (KIND):
   leakage      a leakage check's duplicate search (exact and near) of one dataset in another
   discovery    a slices check's discovered groups (discover = true)
   token-pairs  a teacher's and a student's paired per-token statistics on a token dataset
-  leakage, discovery and token-pairs entries are keyed by the content of what they read, their
+  leakage-tokens  a leakage check's duplicate and n-gram search of token sequences in others
+  leakage, leakage-tokens, discovery and token-pairs entries are keyed by the content of what they read, their
   settings and the code that computes them; they are stale once a dataset they read changed
   or left the config, and unknown otherwise (what the suites ask is not read here)
 

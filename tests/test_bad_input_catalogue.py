@@ -146,6 +146,13 @@ def token_npz(folder: Path) -> None:
     np.savez(folder / "test.npz", input_ids=rng.integers(0, 259, (10, 8)))
 
 
+def token_and_classification_train(folder: Path) -> None:
+    """``test.npz`` as token data and ``train.npz`` as classification examples."""
+    token_npz(folder)
+    x, y = _arrays()
+    np.savez(folder / "train.npz", x=x, y=y)
+
+
 def ids_file(folder: Path) -> None:
     (folder / "suites" / "hard.txt").write_text("# known hard examples\n0\n1\nnope-1\nnope-2\n")
 
@@ -597,6 +604,38 @@ CASES = [
             "source = 'builtin:bytes' (a file's sequences keep their length)"
         ],
         pyproject=((DATASET, f"{DATASET}\nseq_len = 64"),),
+    ),
+    Case(
+        "near-on-token-leakage",
+        "error",
+        [
+            "*suites/gate.toml: leakage check 'leakage' could not be computed: check 'leakage': 'near' applies only "
+            "to classification data; on token data (dataset 'test' holds token sequences) shared n-grams ('ngram', "
+            "default 13) find the near copies"
+        ],
+        suite='[suite]\nname = "gate"\n\n[[check]]\nkind = "leakage"\ntrain = "test"\nnear = true\n',
+        files=(token_npz,),
+    ),
+    Case(
+        "classification-train-for-token-leakage",
+        "error",
+        [
+            "*suites/gate.toml: leakage check 'leakage' could not be computed: check 'leakage': dataset 'test' holds "
+            "token sequences but its 'train' dataset 'train' holds classification examples; expected token data "
+            "there too (*)"
+        ],
+        suite='[suite]\nname = "gate"\n\n[[check]]\nkind = "leakage"\ntrain = "train"\n',
+        pyproject=((DATASET, f'{DATASET}\n\n[tool.distill_eval.datasets.train]\npath = "train.npz"'),),
+        files=(token_and_classification_train,),
+    ),
+    Case(
+        "ngram-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: leakage check 'leakage' could not be computed: check 'leakage': 'ngram' applies only "
+            "to token data, and dataset 'test' holds classification examples"
+        ],
+        suite='[suite]\nname = "gate"\n\n[[check]]\nkind = "leakage"\ntrain = "test"\nngram = 8\n',
     ),
 ]
 

@@ -289,7 +289,7 @@ def test_extra_datasets_names_the_training_set(tmp_path: Path) -> None:
     path = tmp_path / "leak.toml"
     path.write_text('[[check]]\nkind = "leakage"\ntrain = "train"\nnear = true\nnear_distance = 0.25\n')
     (check,) = load_suite(path, PROJECT).checks
-    assert check.params == {"train": "train", "near": True, "near_distance": 0.25}
+    assert check.params == {"train": "train", "near": True, "near_distance": 0.25, "ngram": None}
     assert list(KINDS["leakage"].extra_datasets(check.params)) == [("train", "train")]
 
 

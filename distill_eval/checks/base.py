@@ -312,6 +312,15 @@ class CheckContext:
         """Another dataset of the project (e.g. the training set, for leakage)."""
         return self._source.dataset(name)
 
+    def is_token_dataset(self, name: str) -> bool:
+        """Whether dataset ``name`` of the project holds token sequences."""
+        probe = getattr(self._source, "is_token_dataset", None)
+        return bool(probe and probe(name))
+
+    def other_token_dataset(self, name: str) -> TokenDataset:
+        """Another token dataset of the project (e.g. the training sequences, for leakage)."""
+        return self._source.token_dataset(name)
+
     @property
     def bounded_metrics(self) -> frozenset[str]:
         """The metrics this check's bounds use."""

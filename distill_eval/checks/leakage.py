@@ -39,6 +39,12 @@ duplicate_rate
 Extras: ``duplicates``, up to 20 example pairs ``{"id", "train_id", "distance"}``
 (exact duplicates first, then near ones by increasing distance), and
 ``near_distance`` when ``near = true``.
+
+On token data (both datasets hold token sequences) the metrics are
+``exact_duplicates``, ``ngram_overlap`` (the share of evaluation sequences
+sharing an n-gram of ``ngram`` tokens, default 13, with the training data) and
+``duplicate_rate`` (either), all censuses; see :mod:`distill_eval.lm.leakage`.
+Their ``duplicates`` pairs are ``{"id", "train_id", "match"}``.
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ from distill_eval import metrics as M
 from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.data import Dataset, require_finite_inputs
-from distill_eval.errors import DataError
+from distill_eval.errors import CheckError, DataError
+from distill_eval.lm.leakage import TokenLeaks
+from distill_eval.lm.tokens import TokenDataset
 from distill_eval.outputs import result_key
 
 #: how many duplicate pairs the results list
@@ -66,10 +74,11 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
     near_distance = r.number("near_distance", None, minimum=0, exclusive_minimum=True)
     if near_distance is not None and not near:
         raise r.error("'near_distance' has no effect without 'near = true'")
+    ngram = r.integer("ngram", None, minimum=1)
     bounded = set(r.table.get("min", {}) or {}) | set(r.table.get("max", {}) or {})
     if "near_duplicates" in bounded and not near:
         raise r.error("a bound on 'near_duplicates' needs 'near = true'")
-    return {"train": train, "near": near, "near_distance": near_distance}
+    return {"train": train, "near": near, "near_distance": near_distance, "ngram": ngram}
 
 
 def extra_datasets(params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
@@ -77,6 +86,13 @@ def extra_datasets(params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    if ctx.is_tokens:
+        return _token_compute(ctx, params)
+    if params["ngram"] is not None:
+        raise CheckError(
+            f"check '{ctx.check.id}': 'ngram' applies only to token data, and dataset '{ctx.check.dataset}' holds "
+            "classification examples"
+        )
     evaluation = ctx.dataset
     train = ctx.other_dataset(params["train"])
     for data in (evaluation, train):
@@ -185,6 +201,103 @@ def _examples(found: M.Duplicates, eval_ids: np.ndarray, train_ids: np.ndarray) 
     ]
 
 
+#: what kind ``leakage`` computes on token data
+TOKEN_METRICS = ("exact_duplicates", "ngram_overlap", "duplicate_rate")
+
+
+def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    """Leakage on token data: exact duplicates and shared n-grams, both censuses of the evaluation sequences."""
+    from distill_eval.lm.leakage import DEFAULT_NGRAM
+
+    if params["near"]:
+        raise CheckError(
+            f"check '{ctx.check.id}': 'near' applies only to classification data; on token data (dataset "
+            f"'{ctx.check.dataset}' holds token sequences) shared n-grams ('ngram', default {DEFAULT_NGRAM}) "
+            "find the near copies"
+        )
+    if not ctx.is_token_dataset(params["train"]):
+        raise DataError(
+            f"check '{ctx.check.id}': dataset '{ctx.check.dataset}' holds token sequences but its 'train' dataset "
+            f"'{params['train']}' holds classification examples; expected token data there too (an .npz/.pt file "
+            'with input_ids, a .jsonl text file, or source = "builtin:bytes")'
+        )
+    evaluation = ctx.token_dataset
+    train = ctx.other_token_dataset(params["train"])
+    for data in (evaluation, train):
+        if data.n_sequences == 0:
+            raise DataError(f"dataset '{data.name}' has no sequences; the leakage check needs some")
+    ngram = params["ngram"] or DEFAULT_NGRAM
+    found = _token_leaks(ctx, evaluation, train, ngram=ngram)
+    n = evaluation.n_sequences
+    exact, overlap, leaked = found.exact, found.overlap, found.leaked
+    values = {
+        "exact_duplicates": Metric.exact(int(exact.sum())),
+        "ngram_overlap": Metric.exact(float(overlap.sum()) / n),
+        "duplicate_rate": Metric.exact(float(leaked.sum()) / n),
+    }
+    examples = []
+    for i in np.flatnonzero(leaked)[:MAX_EXAMPLES]:
+        match = "exact" if exact[i] else "ngram"
+        j = found.exact_train[i] if exact[i] else found.ngram_train[i]
+        examples.append({"id": str(evaluation.ids[i]), "train_id": str(train.ids[j]), "match": match})
+    extras: dict[str, Any] = {
+        "duplicates": examples,
+        "ngram": ngram,
+        "sequences": n,
+        "train_sequences": train.n_sequences,
+    }
+    return Measurement({name: values[name] for name in TOKEN_METRICS}, extras=extras, n=n)
+
+
+def _token_leaks(ctx: CheckContext, evaluation: TokenDataset, train: TokenDataset, *, ngram: int) -> TokenLeaks:
+    """:func:`~distill_eval.lm.leakage.find_token_leaks`, from the run's cache when the same sequences were searched.
+
+    The key hashes both datasets' token arrays (ids, mask and labels: the scored content counts)
+    and ``ngram``; the entry holds one row per evaluation sequence: the training sequence it
+    duplicates and the one sharing an n-gram (-1 for none).
+    """
+    from distill_eval.lm.leakage import find_token_leaks
+
+    cache = ctx.cache
+    key = None
+    n = evaluation.n_sequences
+    if cache is not None:
+        key = result_key(
+            "leakage-tokens",
+            arrays={
+                "eval_ids": evaluation.input_ids,
+                "eval_mask": evaluation.attention_mask,
+                "eval_labels": evaluation.labels,
+                "train_ids": train.input_ids,
+                "train_mask": train.attention_mask,
+                "train_labels": train.labels,
+            },
+            settings={"ngram": ngram},
+            code=("distill_eval.lm.leakage",),
+        )
+        table, _, warning = cache.load(key)
+        if warning:
+            ctx.log(warning)
+        if table is not None and table.shape == (n, 2):
+            ctx.log(f"duplicates of {n:,} sequences among {train.n_sequences:,} from cache")
+            table = table.astype(np.int64)
+            return TokenLeaks(exact_train=table[:, 0], ngram_train=table[:, 1], ngram=ngram)
+    what = f"{ngram}-gram search of '{evaluation.name}' in '{train.name}'"
+    with ctx.progress(what, train.n_sequences, unit="training sequences") as progress:
+        found = find_token_leaks(evaluation, train, ngram=ngram, progress=progress.update)
+    if cache is not None and key is not None:
+        info = {
+            "kind": "leakage-tokens",
+            "dataset": evaluation.name,
+            "train": train.name,
+            "datasets": {evaluation.name: evaluation.sha256, train.name: train.sha256},
+            "ngram": ngram,
+            "check": ctx.check.id,
+        }
+        cache.store(key, np.column_stack([found.exact_train, found.ngram_train]), info)
+    return found
+
+
 KIND = CheckKind(
     name="leakage",
     metrics=("exact_duplicates", "near_duplicates", "duplicate_rate"),
@@ -192,4 +305,5 @@ KIND = CheckKind(
     compute=compute,
     extra_datasets=extra_datasets,
     uses_models=False,
+    token_metrics=TOKEN_METRICS,
 )

@@ -631,6 +631,15 @@ def _leakage_blocks(check: Mapping[str, Any]) -> list[Block]:
     dups = check.get("duplicates")
     if not isinstance(dups, list):
         return []
+    if "ngram" in check:  # token data: sequences, matched exactly or by a shared n-gram
+        if not dups:
+            return [Note("No evaluation sequence duplicates a training sequence or shares an n-gram with one.")]
+        rows = [[Cell(str(d.get("id"))), Cell(str(d.get("train_id"))), Cell(str(d.get("match")))] for d in dups]
+        caption = (
+            f"Evaluation sequences found in the training data (exact: the same tokens; ngram: a shared run of "
+            f"{check['ngram']} tokens)"
+        )
+        return [Table(["evaluation id", "training id", "match"], rows, caption=caption)]
     if not dups:
         return [Note("No evaluation example duplicates a training example.")]
     rows = [

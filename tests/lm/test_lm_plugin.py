@@ -444,3 +444,70 @@ def test_the_report_says_how_token_checks_count_and_resample(lm_project: pytest.
     classification = dict(good, tokens=None, sequences=None)
     plain = build_report_data(dict(doc, suites=[dict(doc["suites"][0], checks=[classification])]))
     assert not any("Token-level" in getattr(b, "text", "") for s in plain.sections for b in s.blocks)
+
+
+LEAKAGE = """
+[suite]
+name = "lm-leakage"
+dataset = "tokens"
+gate = "strict"
+
+[[check]]
+id = "planted"
+kind = "leakage"
+train = "leaky_train"
+max = { duplicate_rate = 0 }
+
+[[check]]
+id = "clean"
+kind = "leakage"
+train = "clean_train"
+max = { duplicate_rate = 0 }
+"""
+
+
+def test_token_leakage_fails_a_planted_leak_under_strict_and_passes_clean_data(
+    lm_project: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distill_eval.checks.leakage import TOKEN_METRICS
+
+    evaluation = np.load(lm_project.path / "tokens.npz")
+    ids, mask = evaluation["input_ids"], evaluation["attention_mask"]
+    rng = np.random.default_rng(7)
+    clean = rng.integers(0, 256, size=(30, 24))  # random bytes: no 13-gram in common with the teacher's samples
+    leaky = clean.copy()
+    leaky[4] = ids[3]  # a copy of evaluation sequence 3 (fully attended)
+    leaky[9, 5:18] = ids[11, 2:15]  # a 13-gram of evaluation sequence 11
+    np.savez(lm_project.path / "clean.npz", input_ids=clean)
+    np.savez(lm_project.path / "leaky.npz", input_ids=leaky)
+    assert mask[3].all() and mask[11, :15].all()
+    pyproject = lm_project.path / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + '\n[tool.distill_eval.datasets.leaky_train]\npath = "leaky.npz"\n'
+        + '\n[tool.distill_eval.datasets.clean_train]\npath = "clean.npz"\n'
+    )
+    (lm_project.path / "suites" / "lm.toml").write_text(LEAKAGE)
+    result = lm_project.runpytest("-p", "no:cacheprovider", "--distill")
+    result.assert_outcomes(passed=1, failed=1)
+    by_id = {c["id"]: c for c in _checks(lm_project)}
+    assert by_id["clean"]["outcome"] == "passed" and by_id["planted"]["outcome"] == "failed"
+    planted, clean_metrics = by_id["planted"]["metrics"], by_id["clean"]["metrics"]
+    assert set(planted) == set(TOKEN_METRICS)
+    assert planted["exact_duplicates"]["value"] == 1
+    n = len(ids)
+    assert planted["ngram_overlap"]["value"] == pytest.approx(2 / n)
+    assert planted["duplicate_rate"]["value"] == pytest.approx(2 / n)
+    assert planted["duplicate_rate"]["ci"] == [2 / n, 2 / n]  # a census: its interval is the value
+    assert all(clean_metrics[name]["value"] == 0 for name in TOKEN_METRICS)
+    leaked = by_id["planted"]["duplicates"]
+    assert [(d["id"], d["train_id"], d["match"]) for d in leaked] == [("3", "4", "exact"), ("11", "9", "ngram")]
+    assert "a shared run of 13 tokens" in (lm_project.path / "reports" / "report.html").read_text()
+    again = lm_project.runpytest("-p", "no:cacheprovider", "--distill")
+    again.assert_outcomes(passed=1, failed=1)
+    assert "from cache" in again.stdout.str()
+    assert [c["metrics"] for c in _checks(lm_project)] == [by_id["planted"]["metrics"], by_id["clean"]["metrics"]]
+    capsys.readouterr()
+    assert main(["cache"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "leakage-tokens" in line]
+    assert len(lines) == 2, lines  # one search per training set
