@@ -583,7 +583,7 @@ class _CacheRow:
             e.dataset or "-",
             e.kind if e.key else "-",
             "x".join(str(n) for n in shape) if isinstance(shape, list | tuple) else "-",
-            dtype if isinstance(dtype, str) else "-",
+            _dtype_shown(dtype),
             format_size(e.size),
             _ago(e.created, now),
             _ago(e.last_used, now) if e.key else "-",
@@ -775,6 +775,13 @@ def _docs(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(read_topic(args.topic))
     return 0
+
+
+def _dtype_shown(dtype: object) -> str:
+    """A dtype for the listing: a record of several fields (token statistics) is "record", not its full spec."""
+    if not isinstance(dtype, str):
+        return "-"
+    return "record" if dtype.startswith("[(") else dtype
 
 
 def _show_distill_warning(

@@ -174,6 +174,8 @@ def test_token_pair_statistics_are_cached_and_listed(
     lines = [line for line in capsys.readouterr().out.splitlines() if "token-pairs" in line]
     assert len(lines) == 3, lines  # good, planted and bytes pairs
     assert any("teacher+broken" in line and "tokens" in line for line in lines)
+    # one column per field: the per-token record's dtype is "record", not its field-by-field spec
+    assert all(line.split()[5] == "record" and "('sequence'" not in line for line in lines), lines
 
 
 def test_a_token_interval_resamples_sequences_not_tokens() -> None:
