@@ -978,7 +978,7 @@ def load_byte_corpus(split: str = "test", *, seq_len: int = 128, name: str | Non
         ids=np.array([f"bytes-{split}-{i}" for i in range(n)]),
         meta={"document": document, "offset": offsets},
         name=name or f"bytes:{split}",
-        source=f"bytes:{split}",
+        source="builtin:bytes",  # as the dataset table names it; the split is in the name and the hash
         sha256=sha256_arrays(input_ids, salt=f"bytes:{split}:{seq_len}"),
         vocab_size=BYTE_VOCAB_SIZE,
     )

@@ -513,3 +513,13 @@ def test_token_leakage_fails_a_planted_leak_under_strict_and_passes_clean_data(
     assert main(["cache"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "leakage-tokens" in line]
     assert len(lines) == 2, lines  # one search per training set
+
+
+def test_results_name_the_byte_corpus_as_its_table_does(lm_project: pytest.Pytester) -> None:
+    """results.json's dataset provenance says source "builtin:bytes", what the user wrote, with sequences and tokens."""
+    lm_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=3, failed=1)
+    doc = json.loads((lm_project.path / "reports" / "results.json").read_text())
+    corpus = doc["datasets"]["bytes"]
+    assert corpus["source"] == "builtin:bytes"
+    bytes_check = next(c for s in doc["suites"] for c in s["checks"] if c["id"] == "bytes")
+    assert (corpus["n"], corpus["tokens"]) == (bytes_check["sequences"], bytes_check["tokens"])
