@@ -37,7 +37,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from distill_eval.errors import DataError
-from distill_eval.lm.pairstats import _chunk_size, _log_softmax, _logits, _scored_batch, _take, _top_k, _vocab
+from distill_eval.lm.pairstats import (
+    _chunk_size,
+    _dataset_vocab,
+    _device_batches,
+    _log_softmax,
+    _logits,
+    _scored_batch,
+    _take,
+    _top_k,
+    _vocab,
+)
 from distill_eval.lm.tokens import TokenDataset
 
 __all__ = ["ModelTokenStats", "model_stats", "stream_model_stats"]
@@ -324,16 +334,10 @@ def stream_model_stats(
     """
     import torch
 
-    if vocab_size is None:
-        if dataset.vocab_size is None:
-            raise ValueError(f"dataset '{dataset.name}' does not know its vocabulary size: pass vocab_size")
-        vocab_size = dataset.vocab_size
-    vocab = _vocab(vocab_size)
+    vocab = _dataset_vocab(dataset, vocab_size)
     parts = []
     with torch.inference_mode():
-        for batch in dataset.batches(batch_size):
-            input_ids = torch.from_numpy(batch.input_ids).to(device or "cpu")
-            mask = torch.from_numpy(batch.attention_mask).to(device or "cpu")
+        for batch, input_ids, mask in _device_batches(dataset, batch_size, device):
             logits = _logits(model(input_ids, mask), who)
             parts.append(
                 model_stats(

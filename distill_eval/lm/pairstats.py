@@ -30,14 +30,14 @@ Cross-entropy is ``kl + teacher_entropy``; the change in the label's probability
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from distill_eval.errors import DataError, ModelError
-from distill_eval.lm.tokens import TokenDataset, scored_positions
+from distill_eval.lm.tokens import TokenBatch, TokenDataset, scored_positions
 
 __all__ = ["TokenStats", "pair_stats", "shared_vocab_size", "stream_pair_stats"]
 
@@ -481,16 +481,10 @@ def stream_pair_stats(
     """
     import torch
 
-    if vocab_size is None:
-        if dataset.vocab_size is None:
-            raise ValueError(f"dataset '{dataset.name}' does not know its vocabulary size: pass vocab_size")
-        vocab_size = dataset.vocab_size
-    vocab = _vocab(vocab_size)
+    vocab = _dataset_vocab(dataset, vocab_size)
     parts = []
     with torch.inference_mode():
-        for batch in dataset.batches(batch_size):
-            input_ids = torch.from_numpy(batch.input_ids).to(device or "cpu")
-            mask = torch.from_numpy(batch.attention_mask).to(device or "cpu")
+        for batch, input_ids, mask in _device_batches(dataset, batch_size, device):
             teacher_logits = _logits(teacher(input_ids, mask), "teacher")
             student_logits = _logits(student(input_ids, mask), "student")
             parts.append(
@@ -509,6 +503,27 @@ def stream_pair_stats(
             if progress is not None:
                 progress(batch.start + len(batch.input_ids))
     return TokenStats.concatenate(parts)
+
+
+def _dataset_vocab(dataset: TokenDataset, vocab_size: int | tuple[int, int] | None) -> int:
+    """The vocabulary a streamed dataset is scored over: the one given, else the dataset's own."""
+    if vocab_size is None:
+        if dataset.vocab_size is None:
+            raise ValueError(f"dataset '{dataset.name}' does not know its vocabulary size: pass vocab_size")
+        vocab_size = dataset.vocab_size
+    return _vocab(vocab_size)
+
+
+def _device_batches(dataset: TokenDataset, batch_size: int, device: Any) -> Iterator[tuple[TokenBatch, Any, Any]]:
+    """Each batch of ``dataset`` with its input ids and attention mask as tensors on ``device``."""
+    import torch
+
+    for batch in dataset.batches(batch_size):
+        yield (
+            batch,
+            torch.from_numpy(batch.input_ids).to(device or "cpu"),
+            torch.from_numpy(batch.attention_mask).to(device or "cpu"),
+        )
 
 
 def _logits(output: Any, who: str) -> Any:
