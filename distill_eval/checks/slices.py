@@ -9,7 +9,7 @@ teacher) and the gap (teacher − student).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,31 @@ class _Fields(Mapping[str, np.ndarray]):
         return key in expr.FIELDS and key not in TOKEN_FIELDS
 
 
+def _slice_masks(
+    slices: Sequence[Mapping[str, Any]],
+    fields: Mapping[str, np.ndarray],
+    n: int,
+    data: Any,
+    *,
+    rows: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Each declared slice's membership over ``n`` rows: its ``where`` over ``fields``, or its ids file.
+
+    ``rows`` maps each row to an example of ``data`` (token data: each token's sequence), for ids files.
+    """
+    masks = []
+    for sl in slices:
+        if "where" in sl:
+            try:
+                masks.append(sl["where"].evaluate(fields, n=n))
+            except ExpressionError as e:
+                raise CheckError(f"slice '{sl['name']}': {e}") from None
+        else:
+            mask = ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'")
+            masks.append(mask if rows is None else mask[rows])
+    return masks
+
+
 class _TokenFields(Mapping[str, np.ndarray]):
     """The per-token fields of token data; a sequence's ``meta`` and ``id`` hold for each of its tokens."""
 
@@ -198,15 +223,8 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     else:
         teacher_hit, student_hit = np.ones(st.n, dtype=bool), agree
     fields = _TokenFields(st, data)
-    masks = []
-    for sl in params["slices"]:
-        if "where" in sl:
-            try:
-                masks.append(sl["where"].evaluate(fields, n=st.n))
-            except ExpressionError as e:
-                raise CheckError(f"slice '{sl['name']}': {e}") from None
-        else:
-            masks.append(ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'")[st.sequence])
+    # a sequence's ids-file membership holds for each of its tokens
+    masks = _slice_masks(params["slices"], fields, st.n, data, rows=st.sequence)
     min_support = params["min_support"]
     sums = SequenceSums(st.sequence)
     s_hit, t_hit = student_hit.astype(np.float64), teacher_hit.astype(np.float64)
@@ -293,15 +311,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         teacher_hit = np.ones(data.n, dtype=bool)
         student_hit = student.preds == teacher.preds
     fields = _Fields(ctx)
-    masks: list[np.ndarray] = []
-    for sl in params["slices"]:
-        if "where" in sl:
-            try:
-                masks.append(sl["where"].evaluate(fields, n=data.n))
-            except ExpressionError as e:
-                raise CheckError(f"slice '{sl['name']}': {e}") from None
-        else:
-            masks.append(ids_file_mask(sl["ids"], data, what=f"slice '{sl['name']}'"))
+    masks = _slice_masks(params["slices"], fields, data.n, data)
     min_support = params["min_support"]
     supported = [i for i, mask in enumerate(masks) if mask.sum() >= min_support]
 
