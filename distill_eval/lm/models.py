@@ -32,6 +32,7 @@ two different true sizes are a :class:`~distill_eval.errors.ModelError` (:func:`
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -96,6 +97,59 @@ class TokenModel:
     device: str = "cpu"
     params: int | None = None
     _forward: Callable[[Any, Any], Any] = field(default=None, repr=False)  # type: ignore[assignment]
+    _cached: Callable[[Any, Any, Any], Any] | None = field(default=None, repr=False)
+
+    @property
+    def has_kv_cache(self) -> bool:
+        """Whether the model reuses its keys and values across calls (see :meth:`forward_cached`).
+
+        True for a Hugging Face model and for a module whose ``forward`` takes
+        ``past_key_values`` (or ``cache``) and ``use_cache`` (as :class:`~distill_eval.train.zoo.CausalLM`);
+        a ``.pt2`` program has no cache.
+        """
+        return self._cached is not None
+
+    def forward_cached(self, input_ids: Any, attention_mask: Any, past: Any = None) -> tuple[Any, Any]:
+        """Logits of new tokens given the cache of the earlier ones, and the cache extended by them.
+
+        Parameters
+        ----------
+        input_ids : tensor of int, shape (batch, new)
+            The new tokens only (all of a prompt on the first call, with ``past=None``).
+        attention_mask : tensor, shape (batch, cached + new)
+            1 for real tokens, over the cached *and* the new positions.
+        past : object, optional
+            What the previous call returned; None on the first call.
+
+        Returns
+        -------
+        logits : tensor of shape (batch, new, true_vocab_size)
+        past : object
+            The model's cache, to pass to the next call.
+
+        Raises
+        ------
+        ModelError
+            When the model has no cache (:attr:`has_kv_cache`) or its output has no
+            ``past_key_values`` (or ``cache``) or logits of the right shape.
+        """
+        import torch
+
+        if self._cached is None:
+            raise ModelError(f"model '{self.name}' ({self.format}) has no key-value cache")
+        ids = torch.as_tensor(input_ids).to(self.device, torch.int64)
+        mask = torch.as_tensor(attention_mask).to(self.device, torch.int64)
+        with torch.inference_mode():
+            output = self._cached(ids, mask, past)
+            logits = _as_logits(output, self.name)
+        cache = next((c for c in (_field(output, "cache"), _field(output, "past_key_values")) if c is not None), None)
+        if cache is None:
+            raise ModelError(
+                f"model '{self.name}' was called with use_cache=True but returned no past_key_values; expected an "
+                "object with .logits and .past_key_values"
+            )
+        _check_logits(logits, tuple(ids.shape), self.true_vocab_size, self.name)
+        return logits[..., : self.true_vocab_size], cache
 
     def __call__(self, input_ids: Any, attention_mask: Any = None) -> Any:
         """Logits of a batch, sliced to the true vocabulary.
@@ -278,6 +332,7 @@ def _from_module(
     format: str,
     vocab_size: int | None,
     call: Callable[[Any, Any, Any], Any] | None = None,
+    cached: Callable[[Any, Any, Any, Any], Any] | None = None,
     sources: Mapping[str, int] | None = None,
     probe_shape: tuple[int, int] = (1, 2),
 ) -> TokenModel:
@@ -297,6 +352,10 @@ def _from_module(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return call(module, ids, mask)
+
+    if cached is None and format == "factory" and _cache_argument(module) is not None:
+        cached = _hf_style_cache_call
+    forward_cached = None if cached is None else (lambda ids, mask, past: cached(module, ids, mask, past))
 
     ids = torch.zeros(probe_shape, dtype=torch.int64, device=device)
     try:
@@ -333,7 +392,39 @@ def _from_module(
         device=device,
         params=base.params,
         _forward=forward,
+        _cached=forward_cached,
     )
+
+
+def _parameters(module: Any) -> set[str]:
+    try:
+        return set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):  # a builtin or C-implemented forward
+        return set()
+
+
+def _cache_argument(module: Any) -> str | None:
+    """The name under which ``module.forward`` takes a key-value cache, with ``use_cache``; None if it takes none.
+
+    Hugging Face models took ``past_key_values`` until transformers 5 renamed it ``cache``.
+    """
+    parameters = _parameters(module)
+    if "use_cache" not in parameters:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def _hf_style_cache_call(module: Any, ids: Any, mask: Any, past: Any) -> Any:
+    """One cached forward in the Hugging Face convention; positions counted from each row's first real token.
+
+    Left padding needs explicit positions: a model that takes ``position_ids`` gets the
+    attended-token count minus one for each new token (as ``generate`` computes them).
+    """
+    kwargs: dict[str, Any] = {"attention_mask": mask, _cache_argument(module) or "past_key_values": past}
+    kwargs["use_cache"] = True
+    if "position_ids" in _parameters(module):
+        kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+    return module(ids, **kwargs)
 
 
 def _true_vocab(module: Any, explicit: int | None, sources: Mapping[str, int], head: int) -> tuple[int, str]:
@@ -439,7 +530,14 @@ def _load_hf(spec: ModelSpec, path: Path, *, device: str, vocab_size: int | None
         return m(input_ids=ids, attention_mask=mask, use_cache=False)
 
     return _from_module(
-        spec.name, module, device=device, format="hf", vocab_size=vocab_size, call=call, sources=sources
+        spec.name,
+        module,
+        device=device,
+        format="hf",
+        vocab_size=vocab_size,
+        call=call,
+        cached=_hf_style_cache_call,
+        sources=sources,
     )
 
 
@@ -493,6 +591,10 @@ def _as_logits(output: Any, name: str) -> Any:
             "(batch, length, vocab) or an object with .logits"
         )
     return logits
+
+
+def _field(output: Any, name: str) -> Any:
+    return output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
 
 
 def _check_logits(logits: Any, shape: tuple[int, int], vocab: int, name: str) -> None:

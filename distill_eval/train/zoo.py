@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,16 @@ from torch import nn
 
 from distill_eval.lm.tokens import BYTE_VOCAB_SIZE
 
-__all__ = ["CausalLM", "bytes_student", "bytes_teacher", "causal_lm", "digits_student", "digits_teacher", "mlp"]
+__all__ = [
+    "CausalLM",
+    "CausalLMOutput",
+    "bytes_student",
+    "bytes_teacher",
+    "causal_lm",
+    "digits_student",
+    "digits_teacher",
+    "mlp",
+]
 
 
 def mlp(in_features: int = 64, hidden: Sequence[int] = (32,), n_classes: int = 10) -> nn.Sequential:
@@ -103,12 +113,25 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
 
-    def forward(self, h: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, allowed: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The block's output and its keys and values (the past's, then the new positions')."""
         b, length, d = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         h = h + self.proj(a.transpose(1, 2).reshape(b, length, d))
-        return h + self.ff(self.norm2(h))
+        return h + self.ff(self.norm2(h)), (k, v)
+
+
+class CausalLMOutput(NamedTuple):
+    """What :class:`CausalLM` returns when called with ``use_cache=True``."""
+
+    logits: torch.Tensor
+    past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
 class CausalLM(nn.Module):
@@ -152,21 +175,44 @@ class CausalLM(nn.Module):
             persistent=False,
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits of shape (batch, length, vocab_size)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor | CausalLMOutput:
+        """Next-token logits of shape (batch, length, vocab_size).
+
+        With ``use_cache=True`` it returns a :class:`CausalLMOutput` whose
+        ``past_key_values`` (each block's keys and values) can be passed back with the
+        next tokens alone, as Hugging Face models do: ``attention_mask`` then covers the
+        past and the new tokens, and the logits equal those of one call on the whole
+        sequence (to float rounding).
+        """
+        past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        batch, length = input_ids.shape
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=input_ids.device)
+        if attention_mask.shape[1] != past + length:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} positions; expected the {past} cached and "
+                f"{length} new ones"
+            )
         attended = attention_mask != 0
-        length = input_ids.shape[1]
-        position = (attended.long().cumsum(1) - 1).clamp(min=0).float()
+        position = (attended.long().cumsum(1) - 1).clamp(min=0)[:, past:].float()
         angles = position[..., None] * self.frequencies
         h = self.embed(input_ids) * self.scale + torch.cat([angles.sin(), angles.cos()], dim=-1)
-        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
-        eye = torch.eye(length, dtype=torch.bool, device=input_ids.device)
-        allowed = ((causal & attended[:, None, :]) | eye)[:, None]  # (batch, 1, query, key)
-        for block in self.blocks:
-            h = block(h, allowed)
-        return self.norm(h) @ self.embed.weight.T
+        # query i is the sequence's position past + i: it sees attended keys up to itself, and always itself
+        causal = torch.ones(length, past + length, dtype=torch.bool, device=input_ids.device).tril(past)
+        itself = causal & ~causal.tril(past - 1)
+        allowed = ((causal & attended[:, None, :]) | itself)[:, None]  # (batch, 1, query, key)
+        cache = []
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, allowed, None if past_key_values is None else past_key_values[i])
+            cache.append(kv)
+        logits = self.norm(h) @ self.embed.weight.T
+        return CausalLMOutput(logits, tuple(cache)) if use_cache else logits
 
 
 def causal_lm(
