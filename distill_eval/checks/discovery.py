@@ -88,14 +88,14 @@ its tokens hard):
   halves, so no sequence has tokens in both: a group chosen on the exploration
   half cannot be confirmed by the other tokens of the sequences it was chosen on.
 * **The test respects the sequences.** A group's effect is the difference of
-  two ratios of per-sequence sums, ``sum_s D_in(s) / sum_s N_in(s) -
-  sum_s D_out(s) / sum_s N_out(s)`` (``D``: the sum of ``d`` over the sequence's
-  tokens inside / outside the group, ``N``: their number). Sequences are the
-  independent units, so its variance is estimated from them: by the delta
-  method, the effect moves like the mean of ``u(s) = (D_in(s) - m_in N_in(s)) /
-  N_in - (D_out(s) - m_out N_out(s)) / N_out`` (``m``: the two means, ``N``: the
-  totals) and ``Var = G / (G - 1) * sum_s u(s)^2`` over the ``G`` sequences of
-  the half. This is the cluster-robust (sandwich) standard error of the slope in
+  two ratios of per-sequence sums, ``m_in - m_out`` with ``m_in = sum_s
+  D_in(s) / N_in`` and ``N_in = sum_s n_in(s)`` (``D_in(s)``: the sum of ``d``
+  over sequence ``s``'s tokens inside the group, ``n_in(s)``: their number;
+  likewise outside). Sequences are the independent units, so its variance is
+  estimated from them: by the delta method the effect moves like the sum of
+  ``u(s) = (D_in(s) - m_in n_in(s)) / N_in - (D_out(s) - m_out n_out(s)) /
+  N_out``, and ``Var = G / (G - 1) * sum_s u(s)^2`` over the ``G`` sequences
+  of the half. This is the cluster-robust (sandwich) standard error of the slope in
   the regression of ``d`` on group membership, clustered by sequence (Cameron
   & Miller 2015, "A practitioner's guide to cluster-robust inference"), and the
   one-sided p-value reads ``effect / se`` on Student's t with ``G - 1`` degrees

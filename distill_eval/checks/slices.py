@@ -240,8 +240,7 @@ def _frequency_reference(ctx: CheckContext, params: Mapping[str, Any], data: Tok
     labels = reference.scored_labels()
     if labels.size == 0:
         raise CheckError(f"{where}, which has no scored token (every label is -100 or masked); expected some to count")
-    sizes = {reference.name: reference.vocab_size, data.name: data.vocab_size}
-    if None not in sizes.values() and reference.vocab_size != data.vocab_size:
+    if None not in (reference.vocab_size, data.vocab_size) and reference.vocab_size != data.vocab_size:
         raise CheckError(
             f"{where}, whose vocabulary has {reference.vocab_size} tokens, but '{data.name}' has {data.vocab_size}: "
             "token frequencies are counted over one shared vocabulary"
