@@ -13,7 +13,8 @@ The language
 ------------
 * fields: ``label``, ``id``, ``teacher_pred``, ``student_pred``, ``teacher_conf``,
   ``student_conf``, ``teacher_margin``, ``teacher_entropy``, ``teacher_correct``,
-  ``student_correct`` and ``meta.<column>`` (the only attribute access there is);
+  ``student_correct``, on token data ``position``, ``token_frequency`` and
+  ``frequency_rank``, and ``meta.<column>`` (the only attribute access there is);
 * literals: ints, floats, strings, ``True``/``False``, and lists or tuples of
   literals (only on the right of ``in`` / ``not in``);
 * comparisons ``== != < <= > >= in not in``, chained (``0.2 < teacher_conf <= 0.5``);
@@ -57,6 +58,8 @@ _FIELD_KINDS: dict[str, str | None] = {
     "teacher_correct": "bool",
     "student_correct": "bool",
     "position": "number",  # token data only: the scored token's position in its sequence
+    "token_frequency": "number",  # token data only: the label's occurrences per million reference tokens
+    "frequency_rank": "number",  # token data only: the label's rank by count in the reference (1: most common)
 }
 
 FIELDS: frozenset[str] = frozenset(_FIELD_KINDS)

@@ -657,8 +657,66 @@ def make_project(pytester: pytest.Pytester, case: Case) -> None:
         write(pytester.path)
 
 
+# Token-frequency where-fields (kind slices on token data); not yet rows of the README's catalogue.
+FREQUENCY_CASES = [
+    Case(
+        "frequency-rank-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: slices check 'slices' could not be computed: slice 'rare': field 'frequency_rank' is "
+            "not available for this dataset*"
+        ],
+        suite=slices_suite('{ name = "rare", where = "frequency_rank > 10" }'),
+    ),
+    Case(
+        "frequency-data-on-classification-data",
+        "error",
+        [
+            "*suites/gate.toml: slices check 'slices' could not be computed: check 'slices': 'frequency_data' applies "
+            "only to token data (the reference corpus of token_frequency and frequency_rank), and dataset 'test' "
+            "holds classification examples"
+        ],
+        suite=slices_suite('{ name = "a", where = "label == 1" }', 'frequency_data = "test"\n'),
+    ),
+    Case(
+        "unknown-frequency-data",
+        "collection",
+        [
+            "*suites/gate.toml: check 'slices': 'frequency_data' names dataset 'trian', which "
+            "[[]tool.distill_eval.datasets[]] does not define (did you mean 'train'?); defined: test, train"
+        ],
+        suite=slices_suite('{ name = "a", where = "position < 3" }', 'frequency_data = "trian"\n'),
+        pyproject=((DATASET, f'{DATASET}\n\n[tool.distill_eval.datasets.train]\npath = "train.npz"'),),
+        files=(token_and_classification_train,),
+    ),
+    Case(
+        "frequency-data-not-tokens",
+        "error",
+        [
+            "*suites/gate.toml: slices check 'slices' could not be computed: check 'slices': 'frequency_data' names "
+            "dataset 'train', which holds classification examples; expected token sequences over the vocabulary of "
+            "'test' (*)"
+        ],
+        suite=slices_suite('{ name = "a", where = "frequency_rank > 3" }', 'frequency_data = "train"\n'),
+        pyproject=((DATASET, f'{DATASET}\n\n[tool.distill_eval.datasets.train]\npath = "train.npz"'),),
+        files=(token_and_classification_train,),
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_reads_as_one_paragraph(_torch_export_imported: None, pytester: pytest.Pytester, case: Case) -> None:
+    _reads_as_one_paragraph(pytester, case)
+
+
+@pytest.mark.parametrize("case", FREQUENCY_CASES, ids=[c.id for c in FREQUENCY_CASES])
+def test_bad_frequency_input_reads_as_one_paragraph(
+    _torch_export_imported: None, pytester: pytest.Pytester, case: Case
+) -> None:
+    _reads_as_one_paragraph(pytester, case)
+
+
+def _reads_as_one_paragraph(pytester: pytest.Pytester, case: Case) -> None:
     make_project(pytester, case)
     result = pytester.runpytest("-p", "no:cacheprovider", "--distill")
     lines = result.stdout.lines + result.stderr.lines
@@ -679,7 +737,7 @@ def test_bad_input_reads_as_one_paragraph(_torch_export_imported: None, pytester
 
 
 def test_every_case_is_a_different_mistake() -> None:
-    ids = [c.id for c in CASES]
+    ids = [c.id for c in CASES + FREQUENCY_CASES]
     assert len(set(ids)) == len(ids)
 
 

@@ -43,7 +43,9 @@ def make_fields(n: int = N, seed: int = 0) -> dict[str, np.ndarray]:
         "meta.age": rng.integers(18, 90, n),
         "meta.score": rng.normal(size=n),
         "meta.flagged": rng.random(n) < 0.3,
-        "position": rng.integers(1, 64, n),  # token data's field, drawn last: the others keep their values
+        "position": rng.integers(1, 64, n),  # token data's fields, drawn last: the others keep their values
+        "token_frequency": rng.random(n) * 1e4,
+        "frequency_rank": rng.integers(1, 300, n),
     }
 
 
@@ -281,6 +283,8 @@ def test_public_api() -> None:
         "teacher_correct",
         "student_correct",
         "position",
+        "token_frequency",
+        "frequency_rank",
     }
     expr = parse("  teacher_conf > 0.5  ")
     assert isinstance(expr, Expression)

@@ -76,6 +76,51 @@ much more the student loses there than on the rest of the data.
    a natural cluster of the inputs, say, after one of its halves from the
    finer clustering.
 
+On token data
+-------------
+:func:`discover_tokens` runs the same method on the scored tokens of a language
+model's evaluation data, where each token is an example (``d`` compares the
+two models' next-token predictions) with three changes, all because the tokens
+of one sequence are not independent draws (a hard passage makes every one of
+its tokens hard):
+
+* **The split is by sequence.** Whole sequences are shuffled into the two
+  halves, so no sequence has tokens in both: a group chosen on the exploration
+  half cannot be confirmed by the other tokens of the sequences it was chosen on.
+* **The test respects the sequences.** A group's effect is the difference of
+  two ratios of per-sequence sums, ``m_in - m_out`` with ``m_in = sum_s
+  D_in(s) / N_in`` and ``N_in = sum_s n_in(s)`` (``D_in(s)``: the sum of ``d``
+  over sequence ``s``'s tokens inside the group, ``n_in(s)``: their number;
+  likewise outside). Sequences are the independent units, so its variance is
+  estimated from them: by the delta method the effect moves like the sum of
+  ``u(s) = (D_in(s) - m_in n_in(s)) / N_in - (D_out(s) - m_out n_out(s)) /
+  N_out``, and ``Var = G / (G - 1) * sum_s u(s)^2`` over the ``G`` sequences
+  of the half. This is the cluster-robust (sandwich) standard error of the slope in
+  the regression of ``d`` on group membership, clustered by sequence (Cameron
+  & Miller 2015, "A practitioner's guide to cluster-robust inference"), and the
+  one-sided p-value reads ``effect / se`` on Student's t with ``G - 1`` degrees
+  of freedom. It estimates the same variance as the cluster bootstrap of the
+  check's intervals, in closed form, since every candidate is scored on both
+  halves. A token-level t-test would treat correlated tokens as independent
+  and find "significant" groups where the student merely had a few bad
+  sequences. The inside and the outside of a group share sequences; ``u(s)``
+  takes both parts of a sequence together, so their correlation is accounted
+  for. A group needs members in at least 5 sequences of the confirmation half
+  (and as many sequences outside it) to be tested at all: a sandwich estimate
+  from fewer sequences is unreliable, so such a group is never reported.
+  The ranking on the exploration half uses the same estimate.
+* **The candidates** are quartile bands of ``position``, ``teacher_entropy``,
+  ``teacher_conf`` and ``token_frequency``, one group per ``label`` token and
+  per ``teacher_pred`` token with enough support, and the ``meta`` columns of
+  the sequences, as above; every one is a ``where`` expression over the
+  per-token fields, evaluated to find its members. There are no k-means
+  clusters: a token's "input" is its whole prefix, and clusters of single
+  tokens' next-token distributions would mostly rediscover the teacher's
+  predicted token, which is already a candidate.
+
+``support`` and ``min_support`` count tokens; the result also gives the number of
+sequences holding a group's members.
+
 An empty result means no group passed the test: either the student loses
 about equally everywhere, or the groups it struggles on are smaller than
 ``min_support``, or they are not described by any meta column, band,
@@ -85,6 +130,7 @@ small to tell.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import warnings
@@ -98,12 +144,14 @@ from threadpoolctl import threadpool_limits
 from distill_eval import expr
 from distill_eval.errors import DistillError, ExpressionError
 
-__all__ = ["Discovered", "discover"]
+__all__ = ["Discovered", "discover", "discover_tokens"]
 
 _MAX_LEVELS = 20  # numeric columns with at most this many distinct values are categorical
 _QUARTILES = (0.25, 0.5, 0.75)
 _BANDED_FIELDS = ("teacher_conf", "teacher_entropy")
 _GROUPED_FIELDS = ("label", "teacher_pred")
+_TOKEN_BANDED_FIELDS = ("position", "teacher_entropy", "teacher_conf", "token_frequency")
+_MIN_SEQUENCES = 5  # sequences of the confirmation half a token group (and its outside) must reach to be tested
 _MAX_K = 8
 _FIT_ROWS = 10_000  # exploration examples that fit the scaler, the projection and k-means
 _SILHOUETTE_ROWS = 1_000
@@ -147,6 +195,12 @@ class Discovered:
     p_adjusted : float
         ``p_value`` Holm-adjusted across every candidate tested on the
         confirmation half.
+    sequences : int or None
+        Token data: the sequences holding the members (``support`` counts
+        tokens); ``None`` for classification data.
+    student_score_ci, teacher_score_ci, gap_ci : tuple of float or None
+        Token data: intervals of the scores and the gap on the whole dataset,
+        from the check's bootstrap over sequences; ``None`` where not computed.
     """
 
     name: str
@@ -160,6 +214,10 @@ class Discovered:
     effect: float
     p_value: float
     p_adjusted: float
+    sequences: int | None = None
+    student_score_ci: tuple[float, float] | None = None
+    teacher_score_ci: tuple[float, float] | None = None
+    gap_ci: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict (``where`` or ``ids``, whichever applies)."""
@@ -177,6 +235,12 @@ class Discovered:
             p_value=self.p_value,
             p_adjusted=self.p_adjusted,
         )
+        if self.sequences is not None:
+            out["sequences"] = self.sequences
+        for key in _INTERVALS:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = list(value)
         return out
 
     @classmethod
@@ -191,7 +255,12 @@ class Discovered:
             **{key: doc[key] for key in ("support", "student_score", "teacher_score", "gap", "effect")},
             p_value=doc["p_value"],
             p_adjusted=doc["p_adjusted"],
+            sequences=doc.get("sequences"),
+            **{key: (tuple(doc[key]) if doc.get(key) is not None else None) for key in _INTERVALS},
         )
+
+
+_INTERVALS = ("student_score_ci", "teacher_score_ci", "gap_ci")
 
 
 @dataclass(frozen=True)
@@ -293,11 +362,40 @@ def discover(
     if not candidates:
         return []
 
-    kept = _choose(candidates, d, explore, limit=2 * top)
+    d_explore = d[explore]
+    confirm = ~explore
+
+    def spread(mask: np.ndarray) -> tuple[float, float]:
+        inside = mask[explore]
+        return _effect(d_explore[inside], d_explore[~inside])
+
+    def test(mask: np.ndarray) -> tuple[float, float]:
+        return _welch(d[confirm & mask], d[confirm & ~mask])
+
+    return [
+        _discovered(c, ids, teacher_hit, student_hit, effect, p, p_adj)
+        for effect, p, p_adj, c in _select(candidates, spread, test, top=top, alpha=alpha)
+    ]
+
+
+def _select(
+    candidates: list[_Candidate],
+    spread: Callable[[np.ndarray], tuple[float, float]],
+    test: Callable[[np.ndarray], tuple[float, float]],
+    *,
+    top: int,
+    alpha: float,
+) -> list[tuple[float, float, float, _Candidate]]:
+    """Steps 3 to 5 of the method: choose on the exploration half, test on the other, Holm, drop repeats.
+
+    ``spread(mask)`` is a group's effect and its standard error on the exploration half;
+    ``test(mask)`` its effect and one-sided p-value on the confirmation half. Returns
+    ``(effect, p, p_adjusted, candidate)`` of the groups reported, largest effect first.
+    """
+    kept = _choose(candidates, spread, limit=2 * top)
     if not kept:
         return []
-    confirm = ~explore
-    tested = [_welch(d[confirm & c.mask], d[confirm & ~c.mask]) for c in kept]
+    tested = [test(c.mask) for c in kept]
     p_adjusted = _holm(np.array([p for _, p in tested]))
 
     found = []
@@ -305,16 +403,149 @@ def discover(
         if p_adj <= alpha:
             found.append((effect, p, float(p_adj), c))
     found.sort(key=lambda item: (-item[0], item[1], item[3].name))
-    reported: list[Discovered] = []
-    masks: list[np.ndarray] = []
-    for effect, p, p_adj, c in found:
-        if any(_inside(c.mask, m) >= _DUPLICATE for m in masks):
+    reported: list[tuple[float, float, float, _Candidate]] = []
+    for item in found:
+        if any(_inside(item[3].mask, r[3].mask) >= _DUPLICATE for r in reported):
             continue
-        masks.append(c.mask)
-        reported.append(_discovered(c, ids, teacher_hit, student_hit, effect, p, p_adj))
+        reported.append(item)
         if len(reported) == top:
             break
     return reported
+
+
+def discover_tokens(
+    fields: Mapping[str, Any],
+    *,
+    sequence: np.ndarray,
+    teacher_hit: np.ndarray,
+    student_hit: np.ndarray,
+    min_support: int,
+    top: int,
+    rng: np.random.Generator,
+    alpha: float = 0.05,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Discovered]:
+    """Find the groups of scored tokens where the student loses most against the teacher.
+
+    See the module docstring ("On token data"): candidates chosen on a random
+    half of the *sequences*, tested on the other half with a test whose
+    variance comes from whole sequences, Holm-adjusted.
+
+    Parameters
+    ----------
+    fields : mapping of str to array of shape (n_tokens,)
+        The per-token fields of the ``where`` language (``position``,
+        ``label``, ``teacher_pred``, ``teacher_conf``, ``teacher_entropy``,
+        ``token_frequency``, ... and ``meta.<column>``), as
+        :class:`distill_eval.checks.slices._TokenFields` gives them.
+    sequence : array of int of shape (n_tokens,)
+        The sequence of each scored token (:attr:`TokenStats.sequence`).
+    teacher_hit, student_hit : array of bool, shape (n_tokens,)
+        Where each model's next-token prediction is right (in agreement mode
+        ``teacher_hit`` is all True and ``student_hit`` marks top-1 agreement).
+    min_support : int
+        Smallest group reported, in tokens of the whole dataset; candidates
+        need half of it in the exploration half.
+    top : int
+        Most groups returned.
+    rng : numpy.random.Generator
+        Draws the split; the same state gives the same result.
+    alpha : float, default=0.05
+        Family-wise error rate of the Holm-adjusted p-values.
+    progress : callable, optional
+        ``(done, total)``: called after the candidates and after the test.
+
+    Returns
+    -------
+    list of Discovered
+        At most ``top`` groups, largest effect first, each with a ``where``;
+        ``support`` counts tokens and ``sequences`` the sequences they lie in.
+
+    Raises
+    ------
+    ValueError
+        If the arrays disagree in length or the options are out of range.
+    """
+    seq = np.asarray(sequence)
+    if seq.ndim != 1 or seq.size == 0 or seq.dtype.kind not in "iu":
+        raise ValueError(f"sequence must be a non-empty array of integer sequence indices, got {seq.dtype} {seq.shape}")
+    n = seq.size
+    teacher_hit, student_hit = _validated_hits(n, teacher_hit, student_hit, min_support, top, alpha)
+    d = teacher_hit.astype(np.float64) - student_hit.astype(np.float64)
+    unit = np.unique(seq, return_inverse=True)[1]
+    explore = _split_sequences(unit, rng)
+    if unit.max() < 3 or np.all(d == d[0]):  # fewer than 4 sequences, or nowhere worse than elsewhere
+        return []
+
+    phase = progress or (lambda done, total: None)
+    half = math.ceil(min_support / 2)
+    candidates = _where_candidates(fields, n, explore, min_support, banded=_TOKEN_BANDED_FIELDS)
+    candidates = [c for c in candidates if _supported(c.mask, explore, min_support, half)]
+    phase(1, 2)
+    if not candidates:
+        return []
+    explored = _SequenceContrast(d, unit, explore)
+    confirmed = _SequenceContrast(d, unit, ~explore)
+    found = _select(candidates, explored.spread, confirmed.test, top=top, alpha=alpha)
+    phase(2, 2)
+    out = []
+    for effect, p, p_adj, c in found:
+        group = _discovered(c, None, teacher_hit, student_hit, effect, p, p_adj)  # every candidate has a where
+        out.append(dataclasses.replace(group, sequences=int(np.unique(unit[c.mask]).size)))
+    return out
+
+
+def _split_sequences(unit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The exploration half of the tokens: a random half of the sequences (``unit``: 0..G-1), all their tokens."""
+    g = int(unit.max()) + 1
+    chosen = np.zeros(g, dtype=bool)
+    chosen[rng.permutation(g)[: g // 2]] = True
+    return chosen[unit]
+
+
+class _SequenceContrast:
+    """A group's mean ``d`` minus the rest's, over the tokens of some sequences, with a cluster-robust SE.
+
+    See the module docstring ("On token data") for the estimate and why.
+    """
+
+    def __init__(self, d: np.ndarray, unit: np.ndarray, half: np.ndarray):
+        self._half = half
+        self._d = d[half]
+        self._unit = np.unique(unit[half], return_inverse=True)[1]
+        self._g = int(self._unit.max()) + 1 if self._unit.size else 0
+        self._count = np.bincount(self._unit, minlength=self._g).astype(np.float64)
+        self._sum = np.bincount(self._unit, weights=self._d, minlength=self._g)
+
+    def _moments(self, mask: np.ndarray) -> tuple[float, float, int, int]:
+        """Effect, standard error, and the sequences with tokens inside and outside the group."""
+        inside = mask[self._half]
+        n_in = np.bincount(self._unit, weights=inside.astype(np.float64), minlength=self._g)
+        d_in = np.bincount(self._unit, weights=self._d * inside, minlength=self._g)
+        n_out, d_out = self._count - n_in, self._sum - d_in
+        total_in, total_out = float(n_in.sum()), float(n_out.sum())
+        if total_in == 0 or total_out == 0 or self._g < 2:
+            return math.nan, math.nan, 0, 0
+        mean_in, mean_out = float(d_in.sum()) / total_in, float(d_out.sum()) / total_out
+        u = (d_in - mean_in * n_in) / total_in - (d_out - mean_out * n_out) / total_out
+        se = math.sqrt(self._g / (self._g - 1) * float(np.sum(u * u)))
+        return mean_in - mean_out, se, int(np.count_nonzero(n_in)), int(np.count_nonzero(n_out))
+
+    def spread(self, mask: np.ndarray) -> tuple[float, float]:
+        """The group's effect and its standard error."""
+        effect, se, _, _ = self._moments(mask)
+        return effect, se
+
+    def test(self, mask: np.ndarray) -> tuple[float, float]:
+        """The group's effect and the one-sided p-value that the student loses more inside it."""
+        effect, se, seq_in, seq_out = self._moments(mask)
+        if not math.isfinite(effect) or min(seq_in, seq_out) < _MIN_SEQUENCES:
+            return effect, 1.0
+        if se == 0:  # d constant inside and outside every sequence: the t statistic is ±inf, or undefined
+            return effect, 0.0 if effect > 0 else 1.0
+        from scipy import stats
+
+        return effect, float(stats.t.sf(effect / se, df=self._g - 1))
 
 
 # -- inputs ----------------------------------------------------------------------
@@ -333,6 +564,11 @@ def _validated(ids, x, teacher_logits, teacher_hit, student_hit, min_support, to
         raise ValueError(f"teacher_logits must have shape ({n}, n_classes), got {teacher_logits.shape}")
     if not np.all(np.isfinite(teacher_logits)):
         raise ValueError("teacher_logits contain non-finite values (NaN or inf)")
+    teacher_hit, student_hit = _validated_hits(n, teacher_hit, student_hit, min_support, top, alpha)
+    return ids.astype(str), x, teacher_logits, teacher_hit, student_hit
+
+
+def _validated_hits(n, teacher_hit, student_hit, min_support, top, alpha) -> tuple[np.ndarray, np.ndarray]:
     hits = []
     for name, hit in (("teacher_hit", teacher_hit), ("student_hit", student_hit)):
         hit = np.asarray(hit)
@@ -346,7 +582,7 @@ def _validated(ids, x, teacher_logits, teacher_hit, student_hit, min_support, to
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    return ids.astype(str), x, teacher_logits, hits[0], hits[1]
+    return hits[0], hits[1]
 
 
 def _read(fields: Mapping[str, Any], key: str, n: int) -> np.ndarray | None:
@@ -385,7 +621,15 @@ def _kind(values: np.ndarray) -> tuple[str, np.ndarray] | None:
 # -- candidates with a where expression --------------------------------------------
 
 
-def _where_candidates(fields: Mapping[str, Any], n: int, explore: np.ndarray, min_support: int) -> list[_Candidate]:
+def _where_candidates(
+    fields: Mapping[str, Any],
+    n: int,
+    explore: np.ndarray,
+    min_support: int,
+    *,
+    banded: tuple[str, ...] = _BANDED_FIELDS,
+    grouped: tuple[str, ...] = _GROUPED_FIELDS,
+) -> list[_Candidate]:
     specs: list[tuple[str, str, str]] = []  # (name, source, where)
     meta = [key for key in fields if isinstance(key, str) and key.startswith("meta.")]
     for key in meta:
@@ -401,11 +645,11 @@ def _where_candidates(fields: Mapping[str, Any], n: int, explore: np.ndarray, mi
             specs += [(name, "meta", where) for name, where in _bands(key, values, explore)]
         else:
             specs += [(w, "meta", w) for w in _levels(key, kind, values, explore, min_support)]
-    for key in _BANDED_FIELDS:
+    for key in banded:
         values = _read(fields, key, n)
         if values is not None and values.dtype.kind in "iuf":
             specs += [(name, "derived", where) for name, where in _bands(key, values.astype(np.float64), explore)]
-    for key in _GROUPED_FIELDS:
+    for key in grouped:
         values = _read(fields, key, n)
         if values is not None and values.dtype.kind in "iu":
             specs += [(w, "derived", w) for w in _levels(key, "number", values, explore, min_support)]
@@ -570,13 +814,13 @@ def _supported(mask: np.ndarray, explore: np.ndarray, min_support: int, half: in
     return support >= min_support and inside >= half and outside >= 2 and len(mask) - support >= 2
 
 
-def _choose(candidates: list[_Candidate], d: np.ndarray, explore: np.ndarray, *, limit: int) -> list[_Candidate]:
+def _choose(
+    candidates: list[_Candidate], spread: Callable[[np.ndarray], tuple[float, float]], *, limit: int
+) -> list[_Candidate]:
     """The candidates to test: best on the exploration half, positive effect, no near-duplicates."""
     scored = []
-    d_explore = d[explore]
     for i, c in enumerate(candidates):
-        inside = c.mask[explore]
-        effect, se = _effect(d_explore[inside], d_explore[~inside])
+        effect, se = spread(c.mask)
         if effect > 0:
             scored.append((effect - se, -effect, i))
     scored.sort(key=lambda item: (-item[0], item[1], item[2]))

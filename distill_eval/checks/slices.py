@@ -8,9 +8,10 @@ teacher) and the gap (teacher − student).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from functools import cached_property
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from distill_eval import expr
 from distill_eval import metrics as M
 from distill_eval._tables import TableReader, describe
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric, SliceMeasurement
-from distill_eval.checks.discovery import Discovered, discover
+from distill_eval.checks.discovery import Discovered, discover, discover_tokens
 from distill_eval.checks.intervals import Intervals
 from distill_eval.data import ids_file_mask
 from distill_eval.errors import CheckError, ExpressionError
 from distill_eval.lm.cluster import SequenceSums, cluster_bootstrap
+from distill_eval.lm.frequency import TokenFrequency
 from distill_eval.lm.pairstats import TokenStats
 from distill_eval.lm.tokens import TokenDataset
 from distill_eval.outputs import result_key
@@ -32,7 +34,7 @@ from distill_eval.outputs import result_key
 SLICE_METRICS = ("retention", "gap", "student_score")
 
 #: where-fields that only token data has
-TOKEN_FIELDS = frozenset({"position"})
+TOKEN_FIELDS = frozenset({"position", "token_frequency", "frequency_rank"})
 
 
 def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
@@ -41,6 +43,7 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
     min_support = r.integer("min_support", 30, minimum=1)
     discover = r.boolean("discover", False)
     discover_top = r.integer("discover_top", 5, minimum=1)
+    frequency_data = r.string("frequency_data", None)
     if not raw and not discover:
         raise r.error("'slices' must list at least one slice ({name = ..., where = ...}) unless discover = true")
     slices = []
@@ -74,7 +77,12 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
         "min_support": min_support,
         "discover": discover,
         "discover_top": discover_top,
+        "frequency_data": frequency_data,
     }
+
+
+def extra_datasets(params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    return [("frequency_data", params["frequency_data"])] if params["frequency_data"] is not None else []
 
 
 class _Fields(Mapping[str, np.ndarray]):
@@ -160,15 +168,24 @@ def _slice_masks(
 
 
 class _TokenFields(Mapping[str, np.ndarray]):
-    """The per-token fields of token data; a sequence's ``meta`` and ``id`` hold for each of its tokens."""
+    """The per-token fields of token data; a sequence's ``meta`` and ``id`` hold for each of its tokens.
 
-    def __init__(self, stats: TokenStats, data: TokenDataset):
+    ``frequency`` gives the reference counts that ``token_frequency`` and ``frequency_rank`` read
+    (called on first use).
+    """
+
+    def __init__(self, stats: TokenStats, data: TokenDataset, frequency: Callable[[], TokenFrequency]):
         self._stats = stats
         self._data = data
+        self._frequency = frequency
         self._cache: dict[str, np.ndarray] = {}
 
     def _compute(self, key: str) -> np.ndarray:
         st = self._stats
+        if key == "token_frequency":
+            return self._frequency().per_million(st.label)
+        if key == "frequency_rank":
+            return self._frequency().rank(st.label)
         if key.startswith("meta.") and key[5:] in self._data.meta:
             return np.asarray(self._data.meta[key[5:]])[st.sequence]
         if key == "teacher_margin":
@@ -208,21 +225,47 @@ class _TokenFields(Mapping[str, np.ndarray]):
         return key in expr.FIELDS
 
 
+def _frequency_reference(ctx: CheckContext, params: Mapping[str, Any], data: TokenDataset) -> TokenFrequency:
+    """The token counts of ``frequency_data``, or of the evaluated data's own scored labels."""
+    name = params["frequency_data"]
+    if name is None:
+        return TokenFrequency(data.scored_labels())
+    where = f"check '{ctx.check.id}': 'frequency_data' names dataset '{name}'"
+    if not ctx.is_token_dataset(name):
+        raise CheckError(
+            f"{where}, which holds classification examples; expected token sequences over the vocabulary of "
+            f"'{data.name}' (an .npz/.pt file with input_ids, a .jsonl text file, or source = \"builtin:bytes\")"
+        )
+    reference = ctx.other_token_dataset(name)
+    labels = reference.scored_labels()
+    if labels.size == 0:
+        raise CheckError(f"{where}, which has no scored token (every label is -100 or masked); expected some to count")
+    if None not in (reference.vocab_size, data.vocab_size) and reference.vocab_size != data.vocab_size:
+        raise CheckError(
+            f"{where}, whose vocabulary has {reference.vocab_size} tokens, but '{data.name}' has {data.vocab_size}: "
+            "token frequencies are counted over one shared vocabulary"
+        )
+    if data.vocab_size is not None and int(labels.max()) >= data.vocab_size:
+        raise CheckError(
+            f"{where}, which holds token id {int(labels.max())}, outside the vocabulary of {data.vocab_size} tokens "
+            f"of '{data.name}': token frequencies are counted over one shared vocabulary"
+        )
+    return TokenFrequency(labels)
+
+
 def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     """Slices of token data: each slice a set of scored tokens, every interval resampling sequences."""
-    if params["discover"]:
-        raise CheckError(
-            f"check '{ctx.check.id}': 'discover' applies only to classification data; dataset "
-            f"'{ctx.check.dataset}' holds token sequences: declare the slices with 'where' or 'ids'"
-        )
-    st = ctx.token_stats()
     data = ctx.token_dataset
+    frequency = cache(lambda: _frequency_reference(ctx, params, data))
+    if params["frequency_data"] is not None:
+        frequency()  # a bad reference is an error even where no slice reads it
+    st = ctx.token_stats()
     agree = st.teacher_argmax == st.student_argmax
     if params["metric"] == "accuracy":
         teacher_hit, student_hit = st.teacher_argmax == st.label, st.student_argmax == st.label
     else:
         teacher_hit, student_hit = np.ones(st.n, dtype=bool), agree
-    fields = _TokenFields(st, data)
+    fields = _TokenFields(st, data, frequency)
     # a sequence's ids-file membership holds for each of its tokens
     masks = _slice_masks(params["slices"], fields, st.n, data, rows=st.sequence)
     min_support = params["min_support"]
@@ -250,6 +293,28 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
 
         statistics["worst_retention"] = lambda s: _nan_extreme(stacked(s, "retention"), np.min)
         statistics["worst_gap"] = lambda s: _nan_extreme(stacked(s, "gap"), np.max)
+    found: list[Discovered] = []
+    if params["discover"]:
+        alpha = 1 - ctx.suite.confidence
+        with ctx.progress(f"slice discovery on {st.n:,} tokens", 2, unit="phases") as progress:
+            found = discover_tokens(
+                fields,
+                sequence=st.sequence,
+                teacher_hit=teacher_hit,
+                student_hit=student_hit,
+                min_support=min_support,
+                top=params["discover_top"],
+                rng=ctx.rng_for("discover"),
+                alpha=alpha,
+                progress=progress.update,
+            )
+        # each found group's scores get intervals from the same bootstrap over sequences as the declared slices
+        for j, group in enumerate(found):
+            mask = expr.parse(group.where).evaluate(fields, n=st.n)
+            size, s_sum, t_sum = (sums.token_sum(v, where=mask) for v in (None, s_hit, t_hit))
+            statistics[f"discovered {j}:student_score"] = lambda s, a=s_sum, n=size: s[a] / s[n]
+            statistics[f"discovered {j}:teacher_score"] = lambda s, a=t_sum, n=size: s[a] / s[n]
+            statistics[f"discovered {j}:gap"] = lambda s, a=s_sum, b=t_sum, n=size: (s[b] - s[a]) / s[n]
     totals = sums.totals()
     with np.errstate(divide="ignore", invalid="ignore"):
         estimates = {name: float(stat(totals)[0]) for name, stat in statistics.items()}
@@ -287,13 +352,26 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             SliceMeasurement(sl["name"], support, values, under_supported=support < min_support, where=where)
         )
     well = [m for m in measured if not m.under_supported]
+    extras: dict[str, Any] = {"metric": params["metric"], "min_support": min_support, "unit": "tokens"}
+    if params["discover"]:
+        extras["discovered"] = [
+            dataclasses.replace(
+                group,
+                student_score_ci=cis.get(f"discovered {j}:student_score"),
+                teacher_score_ci=(1.0, 1.0)
+                if params["metric"] == "agreement"
+                else cis.get(f"discovered {j}:teacher_score"),
+                gap_ci=cis.get(f"discovered {j}:gap"),
+            ).to_json()
+            for j, group in enumerate(found)
+        ]
     return Measurement(
         {
             "worst_retention": _worst(well, "retention", min, cis.get("worst_retention")),
             "worst_gap": _worst(well, "gap", max, cis.get("worst_gap")),
         },
         slices=measured,
-        extras={"metric": params["metric"], "min_support": min_support, "unit": "tokens"},
+        extras=extras,
         n=len(sums.units),
     )
 
@@ -301,6 +379,11 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     if ctx.is_tokens:
         return _token_compute(ctx, params)
+    if params["frequency_data"] is not None:
+        raise CheckError(
+            f"check '{ctx.check.id}': 'frequency_data' applies only to token data (the reference corpus of "
+            f"token_frequency and frequency_rank), and dataset '{ctx.check.dataset}' holds classification examples"
+        )
     data = ctx.dataset
     y = ctx.labels if params["metric"] == "accuracy" else None  # before the models: no labels, no work
     teacher, student = ctx.pair()
@@ -489,5 +572,6 @@ KIND = CheckKind(
     slice_metrics=SLICE_METRICS,
     read_params=read_params,
     compute=compute,
+    extra_datasets=extra_datasets,
     token_metrics=("worst_retention", "worst_gap", *SLICE_METRICS),
 )

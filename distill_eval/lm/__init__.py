@@ -19,6 +19,8 @@ therefore never stores them:
 - :mod:`~distill_eval.lm.cluster` turns per-token values into token-weighted and
   per-sequence means, and bootstraps them by resampling *sequences* (tokens of one sequence
   are not independent) through :func:`distill_eval.metrics.sums.bootstrap_sums`.
+- :mod:`~distill_eval.lm.frequency` counts the scored tokens of a reference corpus, for the
+  ``token_frequency`` and ``frequency_rank`` fields of ``slices`` checks.
 - :mod:`~distill_eval.lm.models` loads token-level models (a Hugging Face directory with the
   ``[hf]`` extra, a ``"module:callable"`` factory, a ``.pt2`` with dynamic batch and length)
   behind one call, ``model(input_ids, attention_mask) -> logits`` over the true vocabulary.

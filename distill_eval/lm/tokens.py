@@ -152,6 +152,14 @@ class TokenDataset:
         """Number of scored tokens."""
         return int(self.scored().sum())
 
+    def scored_labels(self) -> np.ndarray:
+        """The target id of every scored token, in (sequence, position) order: array of int64.
+
+        The logits at a scored position ``t`` are scored against ``labels[t + 1]``; these are those
+        labels, in the order of :class:`~distill_eval.lm.pairstats.TokenStats` rows.
+        """
+        return self.labels[:, 1:][self.scored()[:, :-1]]
+
     def batches(self, batch_size: int) -> Iterator[TokenBatch]:
         """Consecutive batches of ``batch_size`` sequences, each cut after its last attended column.
 

@@ -554,6 +554,7 @@ def _slices_blocks(check: Mapping[str, Any]) -> list[Block]:
                 )
             )
         else:
+            tokens = check.get("unit") == "tokens"
             rows = []
             for d in found:
                 if d.get("where") is not None:
@@ -562,24 +563,37 @@ def _slices_blocks(check: Mapping[str, Any]) -> list[Block]:
                     ids = [str(i) for i in d.get("ids") or []]
                     shown = ", ".join(ids[:_MAX_IDS_SHOWN])
                     members = f"{len(ids)} ids: {shown}{', …' if len(ids) > _MAX_IDS_SHOWN else ''}"
+                support = str(d.get("support"))
+                if isinstance(d.get("sequences"), int):
+                    support += f" ({d['sequences']:,} sequences)"
                 rows.append(
                     [
                         Cell(str(d.get("name", ""))),
                         Cell(members, cls="code"),
-                        Cell(str(d.get("support")), cls="num"),
-                        Cell(_num(d.get("student_score")), cls="num"),
-                        Cell(_num(d.get("teacher_score")), cls="num"),
-                        Cell(_num(d.get("gap")), cls="num"),
+                        Cell(support, cls="num"),
+                        # token data carries intervals (resampling sequences); classification data does not
+                        Cell(_value_ci({"value": d.get("student_score"), "ci": d.get("student_score_ci")}), cls="num"),
+                        Cell(_value_ci({"value": d.get("teacher_score"), "ci": d.get("teacher_score_ci")}), cls="num"),
+                        Cell(_value_ci({"value": d.get("gap"), "ci": d.get("gap_ci")}), cls="num"),
                         Cell(_num(d.get("effect")), cls="num"),
                         Cell(_num(d.get("p_adjusted")), cls="num"),
                     ]
+                )
+            caption = (
+                "Discovered slices: groups where the student loses more than elsewhere (chosen on one half of the "
+                "data, tested on the other); paste a 'where' into the suite to track it"
+            )
+            if tokens:
+                caption = (
+                    "Discovered slices of tokens: groups where the student loses more than elsewhere (chosen on one "
+                    "half of the sequences, tested on the other with a test over whole sequences; support counts "
+                    "tokens, intervals resample sequences); paste a 'where' into the suite to track it"
                 )
             blocks.append(
                 Table(
                     ["group", "where / members", "support", "student", "teacher", "gap", "effect", "p (Holm)"],
                     rows,
-                    caption="Discovered slices: groups where the student loses more than elsewhere (chosen on one "
-                    "half of the data, tested on the other); paste a 'where' into the suite to track it",
+                    caption=caption,
                 )
             )
     return blocks

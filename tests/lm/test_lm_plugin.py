@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -295,6 +296,75 @@ def test_token_slices_by_meta_position_and_entropy_find_a_planted_defect(lm_proj
     for sl in good.values():
         low, high = sl["retention"]["ci"]
         assert low <= sl["retention"]["value"] <= high
+
+
+DISCOVER = """
+[suite]
+name = "lm-discover"
+dataset = "mixed"
+bootstrap = 200
+
+[[check]]
+id = "discover"
+kind = "slices"
+metric = "agreement"
+student = "patchy"
+min_support = 20
+discover = true
+frequency_data = "tokens"
+slices = [
+    { name = "rare", where = "frequency_rank > 100" },
+    { name = "rarest", where = "token_frequency < quantile(token_frequency, 0.1)" },
+]
+"""
+
+
+def test_token_discovery_finds_a_planted_group_and_frequency_slices_count_the_reference(
+    lm_project: pytest.Pytester,
+) -> None:
+    # as above: group 1 reads only ids below 50, which the patchy student embeds wrongly
+    rng = np.random.default_rng(2)
+    group = np.arange(60) % 2
+    ids = np.where(group[:, None] == 1, rng.integers(0, 50, (60, 16)), rng.integers(50, BYTE_VOCAB_SIZE, (60, 16)))
+    np.savez(lm_project.path / "mixed.npz", input_ids=ids, meta_group=group)
+    pyproject = PYPROJECT + '\n[tool.distill_eval.datasets.mixed]\npath = "mixed.npz"\n'
+    pyproject += '\n[tool.distill_eval.models.patchy]\nfactory = "tiny_lm:build"\nkwargs = { bad_rows = 50 }\n'
+    lm_project.makefile(".toml", pyproject=pyproject)
+    (lm_project.path / "suites" / "lm.toml").unlink()
+    (lm_project.path / "suites" / "discover.toml").write_text(DISCOVER)
+    result = lm_project.runpytest("-p", "no:cacheprovider", "--distill")
+    result.assert_outcomes(passed=1)
+    (check,) = _checks(lm_project)
+
+    # the reference: the scored labels of tokens.npz (labels shifted by one, -100 and padding not scored)
+    reference = np.load(lm_project.path / "tokens.npz")
+    ref_labels, ref_mask = reference["labels"], reference["attention_mask"]
+    counts = Counter(
+        int(ref_labels[s, t + 1])
+        for s in range(ref_labels.shape[0])
+        for t in range(ref_labels.shape[1] - 1)
+        if ref_mask[s, t] and ref_mask[s, t + 1] and ref_labels[s, t + 1] != -100
+    )
+    scored = ids[:, 1:].ravel()  # every next token of mixed.npz is scored
+
+    def rank(token: int) -> int:
+        return 1 + sum(c > counts[token] for c in counts.values()) if token in counts else len(counts) + 1
+
+    frequency = np.array([counts.get(int(t), 0) / sum(counts.values()) * 1e6 for t in scored])
+    slices = {sl["name"]: sl for sl in check["slices"]}
+    assert 0 < slices["rare"]["support"] == sum(rank(int(t)) > 100 for t in scored) < scored.size
+    assert slices["rarest"]["support"] == int((frequency < np.quantile(frequency, 0.1)).sum())
+
+    found = check["discovered"]
+    wheres = [d["where"] for d in found]
+    assert "meta.group == 1" in wheres, wheres
+    planted = found[wheres.index("meta.group == 1")]
+    assert planted["support"] == 30 * 15 and planted["sequences"] == 30 and planted["p_adjusted"] <= 0.05
+    for d in found:
+        low, high = d["gap_ci"]
+        assert low <= d["gap"] <= high and d["teacher_score_ci"] == [1.0, 1.0]
+    report = (lm_project.path / "reports" / "report.html").read_text()
+    assert "Discovered slices of tokens" in report and "meta.group == 1" in report
 
 
 COPIES = """
