@@ -194,7 +194,8 @@ class _Context:
     def _missing(self, name: str) -> str:
         available = sorted(str(key) for key in self.fields)
         if not name.startswith(f"{_META}."):
-            return f"field '{name}' is not available for this dataset"
+            why = getattr(self.fields, "why_missing", lambda _: None)(name)
+            return f"field '{name}' is not available for this dataset" + (f": {why}" if why else "")
         columns = [key for key in available if key.startswith(f"{_META}.")]
         if not columns:
             return f"unknown column '{name}': this dataset has no meta columns"

@@ -141,6 +141,12 @@ class _Fields(Mapping[str, np.ndarray]):
             return key[5:] in self._meta
         return key in expr.FIELDS and key not in TOKEN_FIELDS
 
+    def why_missing(self, key: str) -> str | None:
+        """Why a known field is absent here (read by the expression evaluator's error message)."""
+        if key in TOKEN_FIELDS:
+            return "it describes tokens of a language-model dataset, and this one holds classification examples"
+        return None
+
 
 def _slice_masks(
     slices: Sequence[Mapping[str, Any]],
