@@ -44,6 +44,10 @@ device : str, optional
     never evaluated.
 hourly_cost : float > 0, optional
     Price of the machine per hour (any currency), for the cost metrics.
+prompt_length : int >= 1, default 64 (token data only)
+    Tokens per prompt of a generation episode.
+new_tokens : int >= 2, default 32 (token data only)
+    Tokens generated per prompt of a generation episode.
 
 Metrics
 -------
@@ -70,6 +74,13 @@ student_cost_per_1k, teacher_cost_per_1k
     time at the measured median latency,
     ``hourly_cost / 3600 * p50_seconds / batch_size * 1000``; the interval is
     the p50 interval, scaled. Undefined without ``hourly_cost``.
+
+On token data (language models) one timed call is a fixed-shape greedy generation episode
+(:func:`distill_eval.latency.generation_call`), timed in two phases: the prefill with the first
+argmax (time to first token), then ``new_tokens - 1`` decode steps with the key-value cache
+when the model has one. Its metrics are :data:`TOKEN_METRICS`: TTFT, TPOT and e2e percentiles,
+``speedup`` (e2e), ``ttft_speedup``, ``decode_speedup``, prefill and decode tokens per second,
+the size metrics, and the cost per million generated tokens.
 
 Extras: ``pairs``, ``warmup``, ``measured_s``, ``threads``, ``batch_size``,
 ``device``, ``timed`` (what was timed for each model), ``machine`` (CPU
