@@ -325,6 +325,10 @@ kwargs = {{ d_model = 64, n_layers = 2, d_ff = 128 }}
 factory = "{ZOO}:causal_lm"
 kwargs = {{ d_model = 16, n_layers = 1, n_heads = 2, d_ff = 32 }}
 
+[tool.distill_eval.models.accepted]
+factory = "{ZOO}:causal_lm"
+kwargs = {{ d_model = 32, n_layers = 1, n_heads = 2, d_ff = 64 }}
+
 [tool.distill_eval.models.digits]
 factory = "distill_eval.train.zoo:digits_student"
 
@@ -393,3 +397,40 @@ def test_token_latency_gates_through_pytest_and_reports(pytester: pytest.Pyteste
     assert "| lm-speed | generation | latency | ✅ passed | speedup = " in summary
     assert "student_ttft_p50_ms" in html and "ms per generation episode" in html
     assert "16 prompt tokens, 4 new tokens" in html and "key-value cache: teacher yes, student yes" in html
+
+
+REGRESSION = """
+[suite]
+name = "lm-regression"
+dataset = "bytes"
+bootstrap = 200
+
+[[check]]
+kind = "latency"
+id = "accepted-vs-candidate"
+teacher = "accepted"
+prompt_length = 16
+new_tokens = 4
+warmup = 2
+min_time_s = 0.2
+threads = 1
+
+[[check]]
+kind = "regression"
+baseline = "accepted"
+max = { p50_ms_increase_ratio = 1000 }
+"""
+
+
+def test_a_paired_token_regression_reads_the_episode_p50s_of_a_token_latency_check(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites" / "regression.toml").write_text(REGRESSION)
+    pytester.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2)
+    latency, regression = json.loads((pytester.path / "reports" / "results.json").read_text())["suites"][0]["checks"]
+    ratio, m = regression["metrics"]["p50_ms_increase_ratio"], latency["metrics"]
+    # the candidate is the latency check's student, the accepted one its teacher: student / teacher e2e p50,
+    # with the inverted interval of the speedup bootstrapped over the same pairs
+    assert ratio["value"] == pytest.approx(m["student_e2e_p50_ms"]["value"] / m["teacher_e2e_p50_ms"]["value"])
+    low, high = m["speedup"]["ci"]
+    assert ratio["ci"] == pytest.approx([1 / high, 1 / low])
