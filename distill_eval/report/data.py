@@ -659,6 +659,7 @@ def _latency_blocks(check: Mapping[str, Any]) -> list[Block]:
     episodes = "prompt_length" in check
     p = "e2e_p" if episodes else "p"
     unit = "ms per generation episode" if episodes else "ms per call"
+    calls = "episodes" if episodes else "calls"
     blocks: list[Block] = []
     if episodes:
         blocks.append(Note(_episode_note(check)))
@@ -675,7 +676,7 @@ def _latency_blocks(check: Mapping[str, Any]) -> list[Block]:
             p95 = (metrics.get(f"{n}_{p}95_ms") or {}).get("value")
             caption += (
                 f" {n}: median {_value_ci(metrics.get(f'{n}_{p}50_ms'))} ms, p95 {_num(p95)} ms"
-                f" ({series[n].get('above', 0)} calls slower than the last bin)."
+                f" ({series[n].get('above', 0)} {calls} slower than the last bin)."
             )
         rows = []
         for n, s in series.items():
