@@ -26,6 +26,7 @@ from distill_eval.config import DatasetSpec, ModelSpec, ProjectConfig
 from distill_eval.errors import CheckError, ConfigError
 from distill_eval.lm.models import TokenModel, load_token_model
 from distill_eval.lm.tokens import TokenDataset, token_dataset
+from distill_eval.models import wrap_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,6 +137,30 @@ def test_a_call_that_marks_the_wrong_number_of_phases_is_refused() -> None:
     plain = L.TimedCall(lambda: None)
     with pytest.raises(ValueError, match="different phases"):
         L.time_interleaved(twice, plain, rng=np.random.default_rng(0))
+
+
+def test_each_phase_ends_after_the_device_sync_the_classification_calls_use(monkeypatch) -> None:
+    """On CUDA the clock must stop after the queued kernels finish: a fake sync that takes 1000 ns shows it."""
+    clock, synced = FakeClock(), []
+
+    def fake_sync(device: str):
+        def sync() -> None:
+            synced.append(device)
+            clock.now += 1000
+
+        return sync
+
+    monkeypatch.setattr(L, "device_sync", fake_sync)
+    model = zoo_model("student")
+    wrap_forward(model, lambda length, step: setattr(clock, "now", clock.now + (50 if step else 300)))
+    episode = L.generation_call(model, np.zeros((1, 5), dtype=np.int64), 3)
+    timings = L.time_interleaved(episode, episode, rng=np.random.default_rng(0), warmup=0, max_pairs=1, clock=clock)
+    # prefill: 300 + the sync at its mark; decode: two steps of 50 + the sync at the end
+    assert timings.teacher_phase_ns.tolist() == [[1300, 1100]] == timings.student_phase_ns.tolist()
+    assert synced == ["cpu"] * 4
+    # a classification model is timed through the same helper
+    call = L.timed_call(wrap_model("m", torch.nn.Identity(), format="factory"), np.zeros((1, 2), dtype=np.float32))
+    assert call.sync is not None and call.sync() is None and synced[-1] == "cpu"
 
 
 def test_cached_and_recomputed_episodes_generate_the_same_tokens() -> None:
