@@ -14,12 +14,16 @@ bootstrapped over pairs, which keeps that pairing.
 A model is timed the way it serves: a torch module as ``module(tensor)`` on
 a tensor already on its device (conversion is not timed; CUDA work is
 synchronised before the clock stops), anything else (ONNX Runtime,
-scikit-learn, ``predict_logits`` objects) as ``predict_logits(batch)``.
+scikit-learn, ``predict_logits`` objects) as ``predict_logits(batch)``. A
+language model is timed as one generation episode (:func:`generation_call`):
+a call in *phases* (prefill, then decode), each phase's time recorded on its
+own with the same clock and the same device synchronisation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import platform
@@ -34,12 +38,16 @@ from distill_eval.errors import ModelError
 from distill_eval.models import torchscript_deprecation_ignored
 
 if TYPE_CHECKING:
+    from distill_eval.lm.models import TokenModel
     from distill_eval.models import Model
 
 __all__ = [
+    "GENERATION_PHASES",
     "MIN_PAIRS",
     "PairedTimings",
     "TimedCall",
+    "device_sync",
+    "generation_call",
     "histogram",
     "machine_info",
     "quantile_interval",
@@ -63,17 +71,23 @@ class TimedCall:
     Attributes
     ----------
     call : callable
-        ``() -> object``: runs the model once on the prepared batch.
+        ``() -> object``: runs the model once on the prepared batch. With :attr:`phases`,
+        ``(mark) -> object`` instead, and it calls ``mark()`` at the end of every phase but the
+        last (the clock is read there, after :attr:`sync`).
     sync : callable or None
-        Waits for work queued on an accelerator; called before the clock stops.
+        Waits for work queued on an accelerator; called before the clock stops (and at every mark).
     how : str
         What is timed, for the results: ``"module(tensor)"``, ``"predict_logits"``,
         ``"onnxruntime"``.
+    phases : tuple of str
+        Names of the parts of one call timed separately (e.g. ``("prefill", "decode")``);
+        empty: the call is timed as a whole.
     """
 
-    call: Callable[[], object]
+    call: Callable[..., object]
     sync: Callable[[], None] | None = None
     how: str = "callable"
+    phases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,10 @@ class PairedTimings:
         Untimed calls of each model before the first pair.
     threads : int
         Torch intra-op threads during the measurement.
+    phases : tuple of str
+        The phases each call was timed in (:attr:`TimedCall.phases`); empty when timed whole.
+    teacher_phase_ns, student_phase_ns : ndarray of int64 of shape (pairs, len(phases)) or None
+        Each phase's duration; a row sums to the call's entry of ``teacher_ns`` / ``student_ns``.
     """
 
     teacher_ns: np.ndarray
@@ -97,6 +115,9 @@ class PairedTimings:
     teacher_first: np.ndarray
     warmup: int
     threads: int
+    phases: tuple[str, ...] = ()
+    teacher_phase_ns: np.ndarray | None = None
+    student_phase_ns: np.ndarray | None = None
 
     @property
     def pairs(self) -> int:
@@ -122,13 +143,27 @@ def _torch_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def _time_one(timed: TimedCall) -> int:
+def _time_one(timed: TimedCall, clock: Callable[[], int]) -> tuple[int, ...]:
+    """One call's duration, or each phase's, in the units of ``clock``."""
     call, sync = timed.call, timed.sync
-    start = time.perf_counter_ns()
-    call()
-    if sync is not None:
-        sync()
-    return time.perf_counter_ns() - start
+    if not timed.phases:
+        start = clock()
+        call()
+        if sync is not None:
+            sync()
+        return (clock() - start,)
+    stamps = [clock()]
+
+    def mark() -> None:
+        if sync is not None:
+            sync()
+        stamps.append(clock())
+
+    call(mark)
+    mark()
+    if len(stamps) != len(timed.phases) + 1:
+        raise RuntimeError(f"a call timed in phases {timed.phases} marked {len(stamps) - 2} phase ends")
+    return tuple(b - a for a, b in itertools.pairwise(stamps))
 
 
 def time_interleaved(
@@ -141,6 +176,7 @@ def time_interleaved(
     max_pairs: int = 100_000,
     min_pairs: int = MIN_PAIRS,
     threads: int | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
 ) -> PairedTimings:
     """Time two models call by call, interleaved in random order.
 
@@ -163,6 +199,8 @@ def time_interleaved(
     threads : int, optional
         ``torch.set_num_threads`` during warmup and measurement, restored
         afterwards; default: torch's current count.
+    clock : callable, default=time.perf_counter_ns
+        ``() -> int`` nanoseconds; tests inject a fake one to check the arithmetic exactly.
 
     Returns
     -------
@@ -184,14 +222,16 @@ def time_interleaved(
         )
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if teacher.phases != student.phases:
+        raise ValueError(f"teacher and student are timed in different phases: {teacher.phases} and {student.phases}")
     min_ns = int(min_time_s * 1e9)
-    t_ns: list[int] = []
-    s_ns: list[int] = []
+    t_ns: list[tuple[int, ...]] = []
+    s_ns: list[tuple[int, ...]] = []
     first: list[bool] = []
     with _torch_threads(threads) as used, torch.inference_mode(), torchscript_deprecation_ignored():
         for _ in range(warmup):
-            _time_one(teacher)
-            _time_one(student)
+            _time_one(teacher, clock)
+            _time_one(student, clock)
         total = 0
         coins = np.empty(0, dtype=bool)
         while len(first) < max_pairs and (len(first) < min_pairs or total < min_ns):
@@ -199,21 +239,27 @@ def time_interleaved(
             if i == 0:
                 coins = rng.random(_COIN_BLOCK) < 0.5
             if coins[i]:
-                t = _time_one(teacher)
-                s = _time_one(student)
+                t = _time_one(teacher, clock)
+                s = _time_one(student, clock)
             else:
-                s = _time_one(student)
-                t = _time_one(teacher)
+                s = _time_one(student, clock)
+                t = _time_one(teacher, clock)
             t_ns.append(t)
             s_ns.append(s)
             first.append(bool(coins[i]))
-            total += t + s
+            total += sum(t) + sum(s)
+    width = max(len(teacher.phases), 1)
+    t_parts = np.asarray(t_ns, dtype=np.int64).reshape(-1, width)
+    s_parts = np.asarray(s_ns, dtype=np.int64).reshape(-1, width)
     return PairedTimings(
-        teacher_ns=np.asarray(t_ns, dtype=np.int64),
-        student_ns=np.asarray(s_ns, dtype=np.int64),
+        teacher_ns=t_parts.sum(axis=1),
+        student_ns=s_parts.sum(axis=1),
         teacher_first=np.asarray(first, dtype=bool),
         warmup=warmup,
         threads=used,
+        phases=teacher.phases,
+        teacher_phase_ns=t_parts if teacher.phases else None,
+        student_phase_ns=s_parts if teacher.phases else None,
     )
 
 
@@ -241,20 +287,8 @@ def timed_call(model: Model, batch: np.ndarray, *, threads: int | None = None) -
     batch = np.ascontiguousarray(batch)
     module = model.module
     if isinstance(module, torch.nn.Module):
-        device = torch.device(model.device)
-        try:
-            tensor = torch.from_numpy(batch).to(device)
-        except Exception as e:  # the device string came from the user's config
-            raise ModelError(f"model '{model.name}': cannot put the timing batch on {model.device!r}: {e}") from e
-        sync: Callable[[], None] | None = None
-        if device.type == "cuda":
-
-            def sync() -> None:
-                torch.cuda.synchronize(device)
-
-        elif device.type == "mps":
-            sync = torch.mps.synchronize
-        return TimedCall(lambda: module(tensor), sync, "module(tensor)")
+        tensor = _on_device(model.name, model.device, batch)
+        return TimedCall(lambda: module(tensor), device_sync(model.device), "module(tensor)")
     with_threads = model.extra.get("with_threads")
     if with_threads is not None and threads is not None:
         predict = with_threads(int(threads))
@@ -263,6 +297,96 @@ def timed_call(model: Model, batch: np.ndarray, *, threads: int | None = None) -
         )
     predict = model.predict_logits
     return TimedCall(lambda: predict(batch), None, "predict_logits")
+
+
+def device_sync(device: str) -> Callable[[], None] | None:
+    """What waits for the work queued on ``device`` before a clock is read: None on the CPU.
+
+    Every timed call, and every phase end of a call timed in phases, uses it: CUDA (and MPS)
+    kernels run asynchronously, so without it the clock would stop when the work is queued.
+    """
+    import torch
+
+    d = torch.device(device)
+    if d.type == "cuda":
+
+        def sync() -> None:
+            torch.cuda.synchronize(d)
+
+        return sync
+    if d.type == "mps":
+        return torch.mps.synchronize
+    return None
+
+
+def _on_device(name: str, device: str, batch: np.ndarray) -> Any:
+    """The timing batch as a tensor on the model's device (converted once, never timed)."""
+    import torch
+
+    try:
+        return torch.from_numpy(np.ascontiguousarray(batch)).to(torch.device(device))
+    except Exception as e:  # the device string came from the user's config
+        raise ModelError(f"model '{name}': cannot put the timing batch on {device!r}: {e}") from e
+
+
+#: the phases of a generation episode (:func:`generation_call`)
+GENERATION_PHASES = ("prefill", "decode")
+
+
+def generation_call(model: TokenModel, prompts: np.ndarray, new_tokens: int) -> TimedCall:
+    """Prepare a language model to be timed on one fixed-shape greedy generation episode.
+
+    One call runs ``prompts`` through the model (the *prefill*) and takes the argmax of the
+    last position's logits: the first new token, so the first phase ends at the time to first
+    token. The second phase (*decode*) feeds each argmax back, ``new_tokens - 1`` more steps,
+    each taking its argmax. An end-of-sequence token is not special: every episode generates
+    exactly ``new_tokens`` tokens per prompt. A model with a key-value cache
+    (:attr:`~distill_eval.lm.models.TokenModel.has_kv_cache`) runs only the new token at each
+    step; any other is timed by recomputing the whole sequence (:class:`~distill_eval.lm.decode.Decoder`).
+
+    Parameters
+    ----------
+    model : TokenModel
+        A loaded language model.
+    prompts : ndarray of int of shape (batch_size, prompt_length)
+        The prompts of every episode, all attended (no padding: a fixed shape).
+    new_tokens : int
+        Tokens generated per prompt (>= 2: the decode phase needs at least one step).
+
+    Returns
+    -------
+    TimedCall
+        With phases :data:`GENERATION_PHASES`; the call returns the generated tokens, a list of
+        ``new_tokens`` tensors of shape (batch_size,).
+    """
+    import torch
+
+    from distill_eval.lm.decode import Decoder
+
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens must be >= 2 (one prefill token and at least one decode step), got {new_tokens}")
+    decoder = Decoder(model)
+    ids = _on_device(model.name, model.device, np.asarray(prompts, dtype=np.int64))
+    mask = torch.ones_like(ids)
+    steps = new_tokens - 1
+
+    def episode(mark: Callable[[], None]) -> list[Any]:
+        logits, state = decoder.prefill(ids, mask)
+        token = logits.argmax(-1)
+        mark()  # time to first token
+        tokens = [token]
+        for _ in range(steps):
+            logits, state = decoder.step(state, token)
+            token = logits.argmax(-1)
+            tokens.append(token)
+        return tokens
+
+    how = (
+        "greedy generation with the key-value cache"
+        if decoder.uses_cache
+        else ("greedy generation recomputing the whole sequence at every step (the model has no key-value cache)")
+    )
+    return TimedCall(episode, device_sync(model.device), how, GENERATION_PHASES)
 
 
 # --- statistics of timings ---------------------------------------------------------

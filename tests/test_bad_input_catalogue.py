@@ -567,11 +567,12 @@ CASES = [
         files=(token_npz,),
     ),
     Case(
-        "kind-without-token-data",
+        "prompt-longer-than-sequences",
         "error",
         [
-            "*suites/gate.toml: latency check 'latency' could not be computed: check 'latency': kind latency does "
-            "not evaluate token data yet, and dataset 'test' holds token sequences; kinds that do: *agreement*"
+            "*suites/gate.toml: latency check 'latency' could not be computed: check 'latency' (latency): "
+            "'prompt_length' = 64 is longer than every sequence of dataset 'test' (the longest has 8 tokens); set "
+            "prompt_length to at most 8"
         ],
         suite=latency_suite(),
         files=(token_npz,),

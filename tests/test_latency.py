@@ -503,6 +503,8 @@ def test_defaults(tmp_path: Path) -> None:
         "threads": None,
         "device": None,
         "hourly_cost": None,
+        "prompt_length": None,  # token data only: 64 there
+        "new_tokens": None,  # token data only: 32 there
     }
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from distill_eval._tables import TableReader
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
+    from distill_eval.lm.models import TokenModel
     from distill_eval.lm.pairstats import TokenStats
     from distill_eval.lm.tokens import TokenDataset
     from distill_eval.models import Model
@@ -167,6 +168,8 @@ class OutputSource(Protocol):
 
     def token_dataset(self, name: str) -> TokenDataset: ...
 
+    def token_model(self, name: str, dataset: str) -> TokenModel: ...
+
     def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats: ...
 
     @property
@@ -278,6 +281,10 @@ class CheckContext:
     def model(self, name: str) -> Model:
         """A loaded model, for checks that need the model itself (timing), not just its outputs."""
         return self._source.model(name)
+
+    def token_model(self, name: str) -> TokenModel:
+        """A loaded language model, for checks on token data that run it themselves (timing)."""
+        return self._source.token_model(name, self.check.dataset)
 
     @property
     def project(self) -> ProjectConfig:

@@ -44,6 +44,10 @@ device : str, optional
     never evaluated.
 hourly_cost : float > 0, optional
     Price of the machine per hour (any currency), for the cost metrics.
+prompt_length : int >= 1, default 64 (token data only)
+    Tokens per prompt of a generation episode.
+new_tokens : int >= 2, default 32 (token data only)
+    Tokens generated per prompt of a generation episode.
 
 Metrics
 -------
@@ -71,6 +75,13 @@ student_cost_per_1k, teacher_cost_per_1k
     ``hourly_cost / 3600 * p50_seconds / batch_size * 1000``; the interval is
     the p50 interval, scaled. Undefined without ``hourly_cost``.
 
+On token data (language models) one timed call is a fixed-shape greedy generation episode
+(:func:`distill_eval.latency.generation_call`), timed in two phases: the prefill with the first
+argmax (time to first token), then ``new_tokens - 1`` decode steps with the key-value cache
+when the model has one. Its metrics are :data:`TOKEN_METRICS`: TTFT, TPOT and e2e percentiles,
+``speedup`` (e2e), ``ttft_speedup``, ``decode_speedup``, prefill and decode tokens per second,
+the size metrics, and the cost per million generated tokens.
+
 Extras: ``pairs``, ``warmup``, ``measured_s``, ``threads``, ``batch_size``,
 ``device``, ``timed`` (what was timed for each model), ``machine`` (CPU
 model, cores, versions, GPU name) and ``histogram`` (per model: 20 bins of
@@ -96,9 +107,41 @@ from distill_eval.metrics.stats import MIN_BOOTSTRAP_EXAMPLES, Statistic, bootst
 
 if TYPE_CHECKING:
     from distill_eval.config import ModelSpec
+    from distill_eval.lm.models import TokenModel
     from distill_eval.models import Model
 
 COST_METRICS = ("student_cost_per_1k", "teacher_cost_per_1k")
+#: kind ``latency`` on token data: one timed call is a fixed-shape greedy generation episode
+TOKEN_METRICS = (
+    "student_ttft_p50_ms",
+    "student_ttft_p95_ms",
+    "teacher_ttft_p50_ms",
+    "teacher_ttft_p95_ms",
+    "student_tpot_p50_ms",
+    "student_tpot_p95_ms",
+    "teacher_tpot_p50_ms",
+    "teacher_tpot_p95_ms",
+    "student_e2e_p50_ms",
+    "student_e2e_p95_ms",
+    "teacher_e2e_p50_ms",
+    "teacher_e2e_p95_ms",
+    "speedup",
+    "ttft_speedup",
+    "decode_speedup",
+    "student_prefill_tokens_per_s",
+    "teacher_prefill_tokens_per_s",
+    "student_decode_tokens_per_s",
+    "teacher_decode_tokens_per_s",
+    "student_params",
+    "teacher_params",
+    "param_ratio",
+    "student_mb",
+    "student_cost_per_1m_tokens",
+    "teacher_cost_per_1m_tokens",
+)
+TOKEN_COST_METRICS = ("student_cost_per_1m_tokens", "teacher_cost_per_1m_tokens")
+#: defaults of the token-only keys
+PROMPT_LENGTH, NEW_TOKENS = 64, 32
 _DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 
 
@@ -111,6 +154,9 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
         "threads": r.integer("threads", None, minimum=1),
         "device": r.string("device", None),
         "hourly_cost": r.number("hourly_cost", None, minimum=0, exclusive_minimum=True),
+        # token data only; None = the default there, and an error on classification data
+        "prompt_length": r.integer("prompt_length", None, minimum=1),
+        "new_tokens": r.integer("new_tokens", None, minimum=2),
     }
     device = params["device"]
     if device is not None:
@@ -118,7 +164,7 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
         if kind not in _DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
             raise r.error(f"'device' must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
     bounded = set(r.table.get("min", {}) or {}) | set(r.table.get("max", {}) or {})
-    for name in COST_METRICS:
+    for name in COST_METRICS + TOKEN_COST_METRICS:
         if name in bounded and params["hourly_cost"] is None:
             raise r.error(f"a bound on '{name}' needs 'hourly_cost' (the machine's price per hour)")
     return params
@@ -127,6 +173,14 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     import torch
 
+    if ctx.is_tokens:
+        return _token_compute(ctx, params)
+    for key in ("prompt_length", "new_tokens"):
+        if params[key] is not None:
+            raise CheckError(
+                f"check '{ctx.check.id}': '{key}' applies only to token data, and dataset '{ctx.check.dataset}' "
+                "holds classification examples; drop it from this check"
+            )
     teacher, student = ctx.model(ctx.check.teacher), ctx.model(ctx.check.student)
     _check_device(ctx, params["device"], teacher, student)
     data = ctx.dataset
@@ -168,66 +222,221 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             estimate, ci, note = L.quantile_interval(ms, level / 100, confidence=confidence)
             metrics[f"{who}_p{level}_ms"] = Metric(estimate, ci, note)
 
-    boot = bootstrap_intervals(
-        {"speedup": _ratio_of_medians(t_ms, s_ms), "student_throughput": _throughput(s_ms, batch_size)},
+    metrics |= _bootstrapped(
+        ctx,
         timings.pairs,
-        n_resamples=ctx.suite.bootstrap,
-        confidence=confidence,
-        rng=ctx.rng_for("bootstrap"),
-        method={"speedup": "percentile", "student_throughput": "bca"},
+        {
+            "speedup": (_ratio_of_medians(t_ms, s_ms), "percentile"),
+            "student_throughput": (_throughput(s_ms, batch_size), "bca"),
+        },
     )
-    for name in ("speedup", "student_throughput"):
-        r = boot[name]
-        ci = (r.low, r.high) if r.low is not None and r.high is not None else None
-        metrics[name] = Metric.of(r.estimate, ci, undefined="the student's median call took no measurable time")
-        if ci is None and metrics[name].value is not None and timings.pairs < MIN_BOOTSTRAP_EXAMPLES:
-            metrics[name] = Metric(
-                metrics[name].value,
-                None,
-                f"{timings.pairs} timed pair is too few for a bootstrap interval ('max_pairs' caps the pairs)",
-            )
-
-    t_params, s_params = teacher.params, student.params
-    metrics["student_params"] = _exact(s_params, f"model '{student.name}' ({student.format}) does not tell its size")
-    metrics["teacher_params"] = _exact(t_params, f"model '{teacher.name}' ({teacher.format}) does not tell its size")
-    metrics["param_ratio"] = (
-        _exact(t_params / s_params, "")
-        if t_params is not None and s_params
-        else Metric(None, None, "a parameter count is unknown (or the student's is 0)")
-    )
-    size, where = _serialized_bytes(ctx.project.models.get(ctx.check.student), student)
-    metrics["student_mb"] = _exact(None if size is None else size / 1e6, where)
-
-    hourly = params["hourly_cost"]
-    for name, p50 in (
-        ("student_cost_per_1k", metrics["student_p50_ms"]),
-        ("teacher_cost_per_1k", metrics["teacher_p50_ms"]),
-    ):
-        if hourly is None:
-            metrics[name] = Metric(None, None, "no 'hourly_cost' given")
-            continue
+    metrics |= _size_metrics(ctx, teacher, student)
+    for who in ("student", "teacher"):
         # hourly_cost / 3600 s * (p50_ms / 1000) s per batch / batch_size examples * 1000 examples
-        scale = hourly / 3600 / 1000 / batch_size * 1000
-        ci = (p50.ci[0] * scale, p50.ci[1] * scale) if p50.ci else None
-        metrics[name] = Metric(float(p50.value or 0.0) * scale, ci, p50.note)  # a percentile is never None
-
-    device = (
-        teacher.device
-        if teacher.device == student.device
-        else f"{teacher.device} (teacher), {student.device} (student)"
-    )
+        metrics[f"{who}_cost_per_1k"] = _cost(params["hourly_cost"], metrics[f"{who}_p50_ms"], 1000 / batch_size)
     extras = {
-        "pairs": timings.pairs,
-        "warmup": timings.warmup,
-        "measured_s": round(timings.measured_s, 6),
-        "threads": timings.threads,
+        **_timing_extras(timings),
         "batch_size": batch_size,
-        "device": device,
+        "device": _device_of(teacher, student),
         "timed": {"teacher": t_call.how, "student": s_call.how},
         "machine": L.machine_info(student.device if student.device.startswith("cuda") else teacher.device),
         "histogram": {"teacher": L.histogram(t_ms), "student": L.histogram(s_ms)},
     }
     return Measurement(metrics, extras=extras, n=timings.pairs)
+
+
+def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    """Kind ``latency`` on token data: both models timed on the same fixed-shape generation episodes."""
+    import torch
+
+    prompt_length = params["prompt_length"] or PROMPT_LENGTH
+    new_tokens = params["new_tokens"] or NEW_TOKENS
+    batch_size = params["batch_size"]
+    prompts = _prompts(ctx, batch_size, prompt_length)
+    teacher, student = ctx.token_model(ctx.check.teacher), ctx.token_model(ctx.check.student)
+    _check_device(ctx, params["device"], teacher, student)
+    threads = params["threads"] or torch.get_num_threads()
+    t_call = L.generation_call(teacher, prompts, new_tokens)
+    s_call = L.generation_call(student, prompts, new_tokens)
+    for model, call in ((teacher, t_call), (student, s_call)):
+        _generation_trial(ctx, call, model, prompts)
+    timings = L.time_interleaved(
+        t_call,
+        s_call,
+        rng=ctx.rng_for("latency"),
+        warmup=params["warmup"],
+        min_time_s=params["min_time_s"],
+        max_pairs=params["max_pairs"],
+        threads=threads,
+    )
+    # per call, in ms: the prefill phase (time to first token) and the decode phase (the other steps)
+    phase_ms = {"teacher": timings.teacher_phase_ns / 1e6, "student": timings.student_phase_ns / 1e6}
+    ttft = {who: ms[:, 0] for who, ms in phase_ms.items()}
+    decode = {who: ms[:, 1] for who, ms in phase_ms.items()}
+    e2e = {who: ms.sum(axis=1) for who, ms in phase_ms.items()}
+    steps = new_tokens - 1
+    confidence = ctx.suite.confidence
+    per_call = {"ttft": ttft, "tpot": {who: ms / steps for who, ms in decode.items()}, "e2e": e2e}
+    metrics: dict[str, Metric] = {}
+    for who in ("student", "teacher"):
+        for what, ms in per_call.items():
+            for level in (50, 95):
+                estimate, ci, note = L.quantile_interval(ms[who], level / 100, confidence=confidence)
+                metrics[f"{who}_{what}_p{level}_ms"] = Metric(estimate, ci, note)
+    statistics = {
+        "speedup": (_ratio_of_medians(e2e["teacher"], e2e["student"]), "percentile"),
+        "ttft_speedup": (_ratio_of_medians(ttft["teacher"], ttft["student"]), "percentile"),
+        "decode_speedup": (_ratio_of_medians(decode["teacher"], decode["student"]), "percentile"),
+    }
+    for who in ("student", "teacher"):
+        statistics[f"{who}_prefill_tokens_per_s"] = (_throughput(ttft[who], batch_size * prompt_length), "bca")
+        statistics[f"{who}_decode_tokens_per_s"] = (_throughput(decode[who], batch_size * steps), "bca")
+    metrics |= _bootstrapped(ctx, timings.pairs, statistics)
+    metrics |= _size_metrics(ctx, teacher, student)
+    for who in ("student", "teacher"):
+        # hourly_cost / 3600 s * (e2e p50 / 1000) s per episode / (batch_size * new_tokens) tokens * 10^6 tokens
+        scale = 1e6 / (batch_size * new_tokens)
+        metrics[f"{who}_cost_per_1m_tokens"] = _cost(params["hourly_cost"], metrics[f"{who}_e2e_p50_ms"], scale)
+
+    kv_cache = {"teacher": teacher.has_kv_cache, "student": student.has_kv_cache}
+    extras: dict[str, Any] = {
+        **_timing_extras(timings),
+        "batch_size": batch_size,
+        "prompt_length": prompt_length,
+        "new_tokens": new_tokens,
+        "kv_cache": kv_cache,
+        "device": _device_of(teacher, student),
+        "timed": {"teacher": t_call.how, "student": s_call.how},
+        "machine": L.machine_info(student.device if student.device.startswith("cuda") else teacher.device),
+        "histogram": {who: L.histogram(ms) for who, ms in e2e.items()},
+    }
+    uncached = [
+        f"'{m.name}' ({m.format})" for role, m in (("teacher", teacher), ("student", student)) if not kv_cache[role]
+    ]
+    if uncached:
+        who = f"model {uncached[0]} has" if len(uncached) == 1 else f"models {' and '.join(uncached)} have"
+        extras["note"] = (
+            f"{who} no key-value cache: each decode step recomputes the whole sequence (timed as it runs here; "
+            "a cached export of the same model would decode faster)"
+        )
+        ctx.log(extras["note"])
+    return Measurement({key: metrics[key] for key in TOKEN_METRICS}, extras=extras, n=timings.pairs)
+
+
+def _prompts(ctx: CheckContext, batch_size: int, prompt_length: int) -> np.ndarray:
+    """The first ``prompt_length`` attended tokens of the first ``batch_size`` sequences that have that many."""
+    data = ctx.token_dataset
+    name = ctx.check.dataset
+    if data.n_sequences == 0:
+        raise DataError(f"dataset '{name}' has no sequences to time the models on")
+    lengths = data.attention_mask.sum(axis=1)
+    longest = int(lengths.max())
+    rows = np.flatnonzero(lengths >= prompt_length)
+    if rows.size == 0:
+        raise CheckError(
+            f"check '{ctx.check.id}' (latency): 'prompt_length' = {prompt_length} is longer than every sequence of "
+            f"dataset '{name}' (the longest has {longest} tokens); set prompt_length to at most {longest}"
+        )
+    if rows.size < batch_size:
+        raise CheckError(
+            f"check '{ctx.check.id}' (latency): 'batch_size' = {batch_size} needs {batch_size} sequences of at "
+            f"least 'prompt_length' = {prompt_length} tokens, but dataset '{name}' has {rows.size} (the longest has "
+            f"{longest} tokens); lower batch_size or prompt_length"
+        )
+    rows = rows[:batch_size]
+    return np.stack([data.input_ids[r][data.attention_mask[r] == 1][:prompt_length] for r in rows])
+
+
+def _generation_trial(ctx: CheckContext, call: L.TimedCall, model: TokenModel, prompts: np.ndarray) -> None:
+    """Run one generation episode, untimed: a model that cannot generate fails here, in one line."""
+    import torch
+
+    spec = ctx.project.models.get(model.name)
+    where = f" ({spec.describe()})" if spec is not None else ""
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # as while timing: TorchScript's deprecation
+            call.call(lambda: None)
+            if call.sync is not None:
+                call.sync()
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 — the user's model failed on the user's data: one line, no traceback
+        lines = str(e).strip().splitlines()
+        first = lines[0][:300] if lines else ""
+        raise ModelError(
+            f"model '{model.name}'{where} cannot generate from the latency prompts of shape {tuple(prompts.shape)} "
+            f"(tokens of dataset '{ctx.check.dataset}'): {type(e).__name__}: {first}"
+        ) from None
+
+
+def _bootstrapped(ctx: CheckContext, pairs: int, statistics: Mapping[str, tuple[Statistic, str]]) -> dict[str, Metric]:
+    """Ratios and rates of the timings, each with its bootstrap interval over timed pairs (kept paired)."""
+    boot = bootstrap_intervals(
+        {name: stat for name, (stat, _) in statistics.items()},
+        pairs,
+        n_resamples=ctx.suite.bootstrap,
+        confidence=ctx.suite.confidence,
+        rng=ctx.rng_for("bootstrap"),
+        method={name: method for name, (_, method) in statistics.items()},
+    )
+    metrics = {}
+    for name in statistics:
+        r = boot[name]
+        ci = (r.low, r.high) if r.low is not None and r.high is not None else None
+        metrics[name] = Metric.of(r.estimate, ci, undefined="the student's median call took no measurable time")
+        if ci is None and metrics[name].value is not None and pairs < MIN_BOOTSTRAP_EXAMPLES:
+            metrics[name] = Metric(
+                metrics[name].value,
+                None,
+                f"{pairs} timed pair is too few for a bootstrap interval ('max_pairs' caps the pairs)",
+            )
+    return metrics
+
+
+def _size_metrics(ctx: CheckContext, teacher: Model | TokenModel, student: Model | TokenModel) -> dict[str, Metric]:
+    """Parameter counts, their ratio and the student's serialised size: exact, whatever the machine."""
+    t_params, s_params = teacher.params, student.params
+    metrics = {
+        "student_params": _exact(s_params, f"model '{student.name}' ({student.format}) does not tell its size"),
+        "teacher_params": _exact(t_params, f"model '{teacher.name}' ({teacher.format}) does not tell its size"),
+        "param_ratio": (
+            _exact(t_params / s_params, "")
+            if t_params is not None and s_params
+            else Metric(None, None, "a parameter count is unknown (or the student's is 0)")
+        ),
+    }
+    size, where = _serialized_bytes(ctx.project.models.get(ctx.check.student), student)
+    metrics["student_mb"] = _exact(None if size is None else size / 1e6, where)
+    return metrics
+
+
+def _cost(hourly: float | None, p50: Metric, units_per_call: float) -> Metric:
+    """``hourly_cost`` spent on ``units`` at the p50 seconds per call: hourly / 3600 × p50 s × units_per_call.
+
+    ``units_per_call`` is how many of the priced units one call serves, inverted (e.g. 1000 / batch_size
+    for the cost of 1000 examples); the interval is the p50's, scaled.
+    """
+    if hourly is None:
+        return Metric(None, None, "no 'hourly_cost' given")
+    scale = hourly / 3600 / 1000 * units_per_call
+    ci = (p50.ci[0] * scale, p50.ci[1] * scale) if p50.ci else None
+    return Metric(float(p50.value or 0.0) * scale, ci, p50.note)  # a percentile is never None
+
+
+def _timing_extras(timings: L.PairedTimings) -> dict[str, Any]:
+    return {
+        "pairs": timings.pairs,
+        "warmup": timings.warmup,
+        "measured_s": round(timings.measured_s, 6),
+        "threads": timings.threads,
+    }
+
+
+def _device_of(teacher: Model | TokenModel, student: Model | TokenModel) -> str:
+    if teacher.device == student.device:
+        return teacher.device
+    return f"{teacher.device} (teacher), {student.device} (student)"
 
 
 #: how to export a model that accepts any batch size (said when a trial call fails)
@@ -366,4 +575,5 @@ KIND = CheckKind(
     ),
     read_params=read_params,
     compute=compute,
+    token_metrics=TOKEN_METRICS,
 )

@@ -58,7 +58,8 @@ runs), widened by a 5% drift floor (:func:`drift_tolerant_ratio`).
 students (interleaved, as teacher and student), its ``speedup`` interval (a
 bootstrap over the same timed pairs) is used, inverted where the candidate is its
 student; when two checks timed them, MOVER on the log scale of the two p50
-intervals.
+intervals. On token data (paired mode only) the p50s are those of whole generation
+episodes (``student_e2e_p50_ms`` / ``teacher_e2e_p50_ms`` of latency checks on token data).
 """
 
 from __future__ import annotations
@@ -243,12 +244,16 @@ def _top_label_ece(out: ModelOutputs, y: np.ndarray, intervals: Intervals):
     return float(statistic(intervals.sums.totals())[0]), statistic
 
 
-def _p50(metrics: Mapping[str, Metric], models: Mapping[str, str], model: str) -> Metric | None:
-    """The p50 a latency result measured for ``model`` (as its student or its teacher)."""
+def _p50(metrics: Mapping[str, Metric], models: Mapping[str, str], model: str, p50: str = "p50_ms") -> Metric | None:
+    """The p50 a latency result measured for ``model`` (as its student or its teacher).
+
+    ``p50`` names the metric after the role: ``"p50_ms"`` per call on classification data,
+    ``"e2e_p50_ms"`` per generation episode on token data.
+    """
     for role in ("student", "teacher"):
         if models.get(role) != model:
             continue
-        m = metrics.get(f"{role}_p50_ms")
+        m = metrics.get(f"{role}_{p50}")
         if m is not None and m.value is not None:
             return m
     return None
@@ -278,17 +283,21 @@ def _speedup_interval(result: CheckResult, candidate: str, baseline: str) -> Int
 # -- paired mode ---------------------------------------------------------------------
 
 
-def _paired_latency(ctx: CheckContext, baseline: str) -> Metric:
-    """p50 ratio from latency checks that ran earlier in this session (same suite first)."""
+def _paired_latency(ctx: CheckContext, baseline: str, p50: str = "p50_ms") -> Metric:
+    """p50 ratio from latency checks that ran earlier in this session (same suite first).
+
+    On token data (``p50 = "e2e_p50_ms"``) the p50s are of whole generation episodes, whose
+    ratio the token latency check's ``speedup`` bootstraps, as on classification data.
+    """
     candidate = ctx.check.student
     latency = [r for r in ctx.previous_results if r.kind == "latency" and r.outcome != "error"]
     latency.sort(key=lambda r: r.suite != ctx.suite.name or r.file != str(ctx.suite.file))  # stable: same suite first
     for r in latency:  # both timed interleaved in one check: the fairest comparison
-        c, b = _p50(r.metrics, r.models, candidate), _p50(r.metrics, r.models, baseline)
+        c, b = _p50(r.metrics, r.models, candidate, p50), _p50(r.metrics, r.models, baseline, p50)
         if c is not None and b is not None:
             return _ratio_metric(c, b, ci=_speedup_interval(r, candidate, baseline))
-    c = next((m for r in latency if (m := _p50(r.metrics, r.models, candidate)) is not None), None)
-    b = next((m for r in latency if (m := _p50(r.metrics, r.models, baseline)) is not None), None)
+    c = next((m for r in latency if (m := _p50(r.metrics, r.models, candidate, p50)) is not None), None)
+    b = next((m for r in latency if (m := _p50(r.metrics, r.models, baseline, p50)) is not None), None)
     if c is not None and b is not None:
         return _ratio_metric(c, b, "the two students were timed by different latency checks")
     missing = " and ".join(f"'{name}'" for name, m in ((candidate, c), (baseline, b)) if m is None)
@@ -521,7 +530,14 @@ def _check_same_data(ctx: CheckContext, doc: Mapping[str, Any], path: Path, ids:
 
 
 #: what kind ``regression`` computes on token data (paired mode)
-TOKEN_METRICS = ("accuracy_drop", "agreement_drop", "ece_increase", "kl_increase", "negative_flip_rate")
+TOKEN_METRICS = (
+    "accuracy_drop",
+    "agreement_drop",
+    "ece_increase",
+    "kl_increase",
+    "negative_flip_rate",
+    "p50_ms_increase_ratio",
+)
 
 
 def _token_paired(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
@@ -549,6 +565,7 @@ def _token_paired(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     ece_c = token_ece(sums, cand.student_max_prob.astype(np.float64), right_c, BINS, "uniform")
     iv.add("ece_increase", lambda s: ece_c(s) - ece_b(s))  # paired: both on the same resampled sequences
     metrics = iv.measure()
+    metrics["p50_ms_increase_ratio"] = _paired_latency(ctx, name, "e2e_p50_ms")
     extras = {
         "baseline": {"mode": "paired", "model": name, "accuracy": float(right_b.mean()), "top1": float(agree_b.mean())},
         "candidate": {"accuracy": float(right_c.mean()), "top1": float(agree_c.mean())},

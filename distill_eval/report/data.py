@@ -669,16 +669,28 @@ def _leakage_blocks(check: Mapping[str, Any]) -> list[Block]:
 def _latency_blocks(check: Mapping[str, Any]) -> list[Block]:
     hist = check.get("histogram")
     metrics = check.get("metrics") or {}
+    # on token data a call is a generation episode, and its percentiles are the e2e ones
+    episodes = "prompt_length" in check
+    p = "e2e_p" if episodes else "p"
+    unit = "ms per generation episode" if episodes else "ms per call"
+    calls = "episodes" if episodes else "calls"
     blocks: list[Block] = []
+    if episodes:
+        blocks.append(Note(_episode_note(check)))
     if isinstance(hist, Mapping):
         series = {n: hist[n] for n in ("teacher", "student") if isinstance(hist.get(n), Mapping)}
-        medians = {n: (metrics.get(f"{n}_p50_ms") or {}).get("value") for n in series}
+        medians = {n: (metrics.get(f"{n}_{p}50_ms") or {}).get("value") for n in series}
         caption = f"Speedup (teacher median / student median): {_value_ci(metrics.get('speedup'))}×."
-        for n in series:
-            p95 = (metrics.get(f"{n}_p95_ms") or {}).get("value")
+        if episodes:
             caption += (
-                f" {n}: median {_value_ci(metrics.get(f'{n}_p50_ms'))} ms, p95 {_num(p95)} ms"
-                f" ({series[n].get('above', 0)} calls slower than the last bin)."
+                f" Time to first token: {_value_ci(metrics.get('ttft_speedup'))}×; decode: "
+                f"{_value_ci(metrics.get('decode_speedup'))}×."
+            )
+        for n in series:
+            p95 = (metrics.get(f"{n}_{p}95_ms") or {}).get("value")
+            caption += (
+                f" {n}: median {_value_ci(metrics.get(f'{n}_{p}50_ms'))} ms, p95 {_num(p95)} ms"
+                f" ({series[n].get('above', 0)} {calls} slower than the last bin)."
             )
         rows = []
         for n, s in series.items():
@@ -691,17 +703,31 @@ def _latency_blocks(check: Mapping[str, Any]) -> list[Block]:
                 "Latency distributions",
                 svg.latency_histograms(series, medians=medians),
                 caption,
-                Table(["model", "ms per call", "calls"], rows, caption="Histogram bins"),
+                Table(["model", unit, "calls"], rows, caption="Histogram bins"),
             )
         )
-    facts = [
-        (k, check.get(k))
-        for k in ("pairs", "warmup", "measured_s", "threads", "batch_size", "device", "timed", "machine")
-    ]
+    keys = ("pairs", "warmup", "measured_s", "threads", "batch_size", "prompt_length", "new_tokens", "kv_cache")
+    facts = [(k, check.get(k)) for k in (*keys, "device", "timed", "machine")]
     rows = [[Cell(k), Cell(_plain(v))] for k, v in facts if v is not None]
     if rows:
         blocks.append(Table(["timing", "value"], rows, caption="How the timings were taken"))
     return blocks
+
+
+def _episode_note(check: Mapping[str, Any]) -> str:
+    """What one timed call of a language model was, and whether each model decoded with its cache."""
+    cache = check.get("kv_cache") if isinstance(check.get("kv_cache"), Mapping) else {}
+    uses = ", ".join(f"{who} {'yes' if cache.get(who) else 'no'}" for who in ("teacher", "student") if who in cache)
+    text = (
+        f"Each timed call is one greedy generation episode on {check.get('batch_size')} prompt(s): "
+        f"{check.get('prompt_length')} prompt tokens, {check.get('new_tokens')} new tokens each (end-of-sequence "
+        "ignored). Time to first token is the prefill and the first argmax; each later token is one decode step."
+    )
+    if uses:
+        text += f" Decoded with a key-value cache: {uses}."
+    if check.get("note"):
+        text += f" {check['note']}."
+    return text
 
 
 def _regression_blocks(check: Mapping[str, Any]) -> list[Block]:

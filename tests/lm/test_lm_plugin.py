@@ -450,6 +450,8 @@ def test_token_regression_is_paired_on_the_same_tokens(lm_project: pytest.Pytest
     by_id = {c["id"]: c for c in _checks(lm_project)}
     assert by_id["same"]["outcome"] == "passed" and by_id["worse"]["outcome"] == "failed"
     same, worse = by_id["same"]["metrics"], by_id["worse"]["metrics"]
+    latency = same.pop("p50_ms_increase_ratio")  # no latency check timed them (see tests/lm/test_lm_latency.py)
+    assert latency["value"] is None and latency["note"].startswith("latency unknown")
     assert all(same[name]["value"] == 0 and same[name]["ci"] == [0, 0] for name in same)  # a student vs itself
     accepted, candidate = by_id["accepted"]["metrics"], by_id["candidate"]["metrics"]
     # the drops are the differences of what the agreement checks measured on the same tokens
