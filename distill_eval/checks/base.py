@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
     from distill_eval.lm.pairstats import TokenStats
+    from distill_eval.lm.session import SummaryPair
     from distill_eval.lm.tokens import TokenDataset
     from distill_eval.models import Model
     from distill_eval.outputs import ModelOutputs, OutputCache
@@ -167,7 +168,9 @@ class OutputSource(Protocol):
 
     def token_dataset(self, name: str) -> TokenDataset: ...
 
-    def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats: ...
+    def token_stats(
+        self, teacher: str, student: str, dataset: str, *, top_k: int | None = None, divergences: bool = True
+    ) -> TokenStats | SummaryPair: ...
 
     @property
     def project(self) -> ProjectConfig: ...
@@ -203,10 +206,17 @@ class CheckContext:
         """The check's token dataset (sequences, ids, per-sequence meta)."""
         return self._source.token_dataset(self.check.dataset)
 
-    def token_stats(self, *, top_k: int | None = None, student: str | None = None) -> TokenStats:
-        """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset."""
+    def token_stats(
+        self, *, top_k: int | None = None, student: str | None = None, divergences: bool = True
+    ) -> TokenStats | SummaryPair:
+        """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset.
+
+        ``divergences=False``: the check reads no kl, reverse_kl, js or tvd, so the two models'
+        cached per-token summaries may serve (a :class:`~distill_eval.lm.session.SummaryPair`,
+        whose ``has_divergences`` is False) instead of running both models together.
+        """
         return self._source.token_stats(
-            self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k
+            self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k, divergences=divergences
         )
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:

@@ -26,6 +26,7 @@ from distill_eval.data import ids_file_mask
 from distill_eval.errors import CheckError, ExpressionError
 from distill_eval.lm.cluster import SequenceSums, cluster_bootstrap
 from distill_eval.lm.pairstats import TokenStats
+from distill_eval.lm.session import SummaryPair
 from distill_eval.lm.tokens import TokenDataset
 from distill_eval.outputs import result_key
 
@@ -162,7 +163,7 @@ def _slice_masks(
 class _TokenFields(Mapping[str, np.ndarray]):
     """The per-token fields of token data; a sequence's ``meta`` and ``id`` hold for each of its tokens."""
 
-    def __init__(self, stats: TokenStats, data: TokenDataset):
+    def __init__(self, stats: TokenStats | SummaryPair, data: TokenDataset):
         self._stats = stats
         self._data = data
         self._cache: dict[str, np.ndarray] = {}
@@ -215,7 +216,7 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             f"check '{ctx.check.id}': 'discover' applies only to classification data; dataset "
             f"'{ctx.check.dataset}' holds token sequences: declare the slices with 'where' or 'ids'"
         )
-    st = ctx.token_stats()
+    st = ctx.token_stats(divergences=False)  # per-model columns only: cached summaries serve
     data = ctx.token_dataset
     agree = st.teacher_argmax == st.student_argmax
     if params["metric"] == "accuracy":

@@ -110,6 +110,9 @@ class TokenStats:
     top_k_overlap: np.ndarray
     student_rank: np.ndarray
 
+    #: the divergence columns (kl, reverse_kl, js, tvd) are exact (not so for a pair of per-model summaries)
+    has_divergences = True
+
     @property
     def n(self) -> int:
         """Number of scored tokens."""
@@ -119,6 +122,10 @@ class TokenStats:
     def top_k(self) -> int:
         """The ``k`` of the top-k columns."""
         return int(self.teacher_top_ids.shape[1])
+
+    def student_top_k_hit(self, k: int) -> np.ndarray:
+        """Whether the student ranks the teacher's argmax among its ``k`` most likely ids."""
+        return self.student_rank < k
 
     def columns(self) -> dict[str, np.ndarray]:
         """Every column by name (what a cache stores)."""
@@ -465,7 +472,9 @@ def _chunk_stats(
     pair = {name: _numpy_column(name, value) for name, value in out.items()}
     if summary_k is None:
         return pair, None
-    cut = [{**c, "top_ids": c["top_ids"][:, :summary_k], "top_logprobs": c["top_logprobs"][:, :summary_k]} for c in (t, s)]
+    cut = [
+        {**c, "top_ids": c["top_ids"][:, :summary_k], "top_logprobs": c["top_logprobs"][:, :summary_k]} for c in (t, s)
+    ]
     return pair, (cut[0], cut[1])
 
 
