@@ -143,6 +143,9 @@ class DistillSession:
         self._token_fingerprints: dict[str, str | None] = {}
         self._token_stats: dict[tuple[str, str, str, int], TokenStats] = {}
         self._token_summaries: dict[tuple[str, str], ModelTokenStats] = {}  # one model's per-token summary
+        #: per-sequence records of stored-mode token regression checks, by (suite, check id): what
+        #: ``--distill-accept`` stores beside the baseline
+        self.token_baseline_records: dict[tuple[str, str], dict[str, Any]] = {}
         self.results: list[CheckResult] = []
         #: checks collected but deselected (``-k``, ``-m``): ``{"suite", "file", "id", "kind"}``, file as in results
         self.deselected: list[dict[str, str]] = []

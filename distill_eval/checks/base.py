@@ -219,6 +219,17 @@ class CheckContext:
             self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k, divergences=divergences
         )
 
+    def token_fingerprint(self, model: str) -> str | None:
+        """What identifies language model ``model``'s logits (its files, or its parameters)."""
+        probe = getattr(self._source, "token_fingerprint", None)
+        return probe(model, self.check.dataset) if probe else None
+
+    def keep_token_record(self, record: Mapping[str, Any]) -> None:
+        """Hand this check's per-sequence record to the run, for ``--distill-accept`` to store beside the baseline."""
+        records = getattr(self._source, "token_baseline_records", None)
+        if records is not None:
+            records[(self.suite.name, self.check.id)] = dict(record)
+
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
         """A model's outputs, validated against the dataset's labels."""
         dataset = dataset or self.check.dataset

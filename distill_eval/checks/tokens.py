@@ -28,6 +28,7 @@ __all__ = [
     "CALIBRATION_METRICS",
     "DIVERGENCE_METRICS",
     "TokenIntervals",
+    "ece_of_bins",
     "token_agreement",
     "token_calibration",
     "token_ece",
@@ -166,8 +167,11 @@ def token_ece(sums: SequenceSums, confidence: np.ndarray, hit: np.ndarray, bins:
     """Token ECE, ``sum_b |sum_{t in b} (hit_t - conf_t)| / tokens``, as a statistic of per-sequence sums."""
     index, edges = bin_index(confidence, bins=bins, binning=binning)
     gap = hit.astype(np.float64) - confidence
-    per_bin = [sums.token_sum(gap, where=index == b) for b in range(len(edges) - 1)]
-    tokens = sums.tokens
+    return ece_of_bins([sums.token_sum(gap, where=index == b) for b in range(len(edges) - 1)], sums.tokens)
+
+
+def ece_of_bins(per_bin: list[Any], tokens: Any) -> SumStatistic:
+    """ECE from handles of each bin's sum of ``hit - confidence`` and of the token count: ``sum_b |S_b| / N``."""
     return lambda s: np.abs(np.stack([s[b] for b in per_bin], axis=1)).sum(axis=1) / s[tokens]
 
 
