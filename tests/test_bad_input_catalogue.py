@@ -586,17 +586,6 @@ CASES = [
         suite=slices_suite('{ name = "start", where = "position < 5" }'),
     ),
     Case(
-        "stored-regression-on-token-data",
-        "error",
-        [
-            "*suites/gate.toml: regression check 'regression' could not be computed: check 'regression': on token "
-            "data (dataset 'test' holds token sequences) a regression is paired only: set 'baseline' to the "
-            "accepted student's model name"
-        ],
-        suite='[suite]\nname = "gate"\n\n[[check]]\nkind = "regression"\n',
-        files=(token_npz,),
-    ),
-    Case(
         "seq-len-without-bytes",
         "usage",
         [
