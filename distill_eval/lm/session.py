@@ -24,7 +24,7 @@ import numpy as np
 
 from distill_eval.config import TOKEN_SOURCES, DatasetSpec
 from distill_eval.lm.modelstats import ModelTokenStats
-from distill_eval.lm.pairstats import TokenStats
+from distill_eval.lm.pairstats import TokenStats, shared_vocab_size
 from distill_eval.lm.tokens import TokenDataset, load_byte_corpus, load_token_dataset
 from distill_eval.outputs import result_key
 
@@ -251,6 +251,7 @@ class SummaryPair:
             np.array_equal(teacher.sequence, student.sequence) and np.array_equal(teacher.position, student.position)
         ):
             raise ValueError("the teacher's and the student's summaries cover different tokens")
+        shared_vocab_size(teacher.vocab_size, student.vocab_size)  # a ModelError when they differ
         if min(teacher.top_k, student.top_k) < top_k:
             raise ValueError(f"summaries with {teacher.top_k} and {student.top_k} top ids cannot give top-{top_k}")
         self.teacher, self.student, self._k = teacher, student, int(top_k)
