@@ -37,6 +37,8 @@ __all__ = [
 #: how a user creates (or replaces) the accepted baseline
 ACCEPT_COMMAND = "pytest --distill --distill-accept"
 _MISSING = "no accepted baseline at "
+#: how a token regression's error begins when the baseline lacks its record (accepting stores one)
+_MISSING_RECORD = "no per-sequence token record "
 
 
 def shown(path: Path, base: Path | None = None) -> str:
@@ -134,7 +136,11 @@ def find_check(
 
 def _waiting_for_baseline(result: CheckResult) -> bool:
     """A stored-mode regression check that errored only because no baseline exists yet."""
-    return result.kind == "regression" and result.outcome == "error" and result.message.startswith(_MISSING)
+    return (
+        result.kind == "regression"
+        and result.outcome == "error"
+        and result.message.startswith((_MISSING, _MISSING_RECORD))
+    )
 
 
 @dataclass(frozen=True)
@@ -379,23 +385,19 @@ def read_token_record(path: Path, suite: str, check: str) -> dict[str, Any]:
     ------
     CheckError
         When the sidecar of baseline ``path`` is missing or unreadable, or holds no record of
-        that check; the message says how to store one.
+        that check; the message says how to store one. Like a missing baseline, it does not
+        keep ``--distill-accept`` from storing this run's records.
     """
     target = token_records_path(path)
     redo = f"run `{ACCEPT_COMMAND}` on the accepted student to store it"
+    what = f"{_MISSING_RECORD}of check '{check}' of suite '{suite}' beside the baseline {shown(path)}"
     if not target.is_file():
-        raise CheckError(
-            f"the baseline {shown(path)} has no per-sequence token records ({shown(target)} not found), which a "
-            f"regression check on token data compares with; {redo}"
-        )
+        raise CheckError(f"{what}: {shown(target)} not found; {redo}")
     records = _read_token_records(target)
     if not records:
-        raise CheckError(f"cannot read the per-sequence token records {shown(target)}; {redo}")
+        raise CheckError(f"{what}: {shown(target)} is not a readable record file; {redo}")
     record = records.get(_record_key(suite, check))
     if record is None:
-        known = ", ".join(sorted(records)) or "none"
-        raise CheckError(
-            f"the per-sequence token records {shown(target)} hold no record of check '{check}' of suite "
-            f"'{suite}' (records: {known}); {redo}"
-        )
+        known = ", ".join(sorted(records))
+        raise CheckError(f"{what}: {shown(target)} holds records of {known}; {redo}")
     return record

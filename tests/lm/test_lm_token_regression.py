@@ -108,5 +108,24 @@ def test_a_baseline_without_the_check_s_record_says_how_to_store_it(project: pyt
     _run(project, "student", "--distill-accept", errors=1)
     token_records_path(project.path / "reports" / "baseline.json").unlink()
     checks, _ = _run(project, "student", errors=1)
-    assert "has no per-sequence token records" in checks["lm-stored"]["message"]
-    assert "pytest --distill --distill-accept" in checks["lm-stored"]["message"]
+    message = checks["lm-stored"]["message"]
+    assert message.startswith("no per-sequence token record of check 'regression' of suite 'lm-stored'")
+    assert "baseline.tokens.npz not found" in message and "pytest --distill --distill-accept" in message
+    # accepting again is not blocked by the missing record: it stores one, and the next run compares
+    _run(project, "student", "--distill-accept", errors=1)
+    checks, _ = _run(project, "student", passed=1)
+    assert checks["lm-stored"]["metrics"]["agreement_drop"]["value"] == 0
+
+
+def test_accepting_under_xdist_stores_the_workers_records(project: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    (project.path / "suites" / "stored.toml").write_text(STORED.format(student="student"))
+    project.runpytest("-p", "no:cacheprovider", "--distill", "--distill-accept", "-n", "2").assert_outcomes(errors=1)
+    from_workers = read_token_record(project.path / "reports" / "baseline.json", "lm-stored", "regression")
+    token_records_path(project.path / "reports" / "baseline.json").unlink()
+    _run(project, "student", "--distill-accept", errors=1)  # the record is missing, which accepting stores
+    serial = read_token_record(project.path / "reports" / "baseline.json", "lm-stored", "regression")
+    assert from_workers["meta"] == serial["meta"]
+    for name, array in serial["arrays"].items():  # the wire keeps every value and dtype exactly
+        assert from_workers["arrays"][name].dtype == array.dtype, name
+        np.testing.assert_array_equal(from_workers["arrays"][name], array, err_msg=name)
