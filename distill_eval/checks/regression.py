@@ -15,6 +15,12 @@ Two modes:
   1, 15 uniform ``bins``): results.json does not record parameters, so this is
   not checked. Values measured on another dataset (another sha256) are refused.
 
+On token data both modes pair the two students token by token and resample sequences; the
+stored mode reads the accepted student's per-sequence record that ``--distill-accept`` keeps
+beside the baseline (:func:`~distill_eval.baseline.read_token_record`): per sequence its
+agreeing tokens, summed KL and ECE bin gaps, and one right/wrong bit per token, so the stored
+comparison equals the paired one.
+
 Every metric is oriented so that larger is worse: ``accuracy_drop`` (baseline
 accuracy − candidate's), ``agreement_drop`` (baseline top-1 agreement with the
 teacher − candidate's), ``ece_increase`` (candidate top-label ECE, 15 equal-width
