@@ -129,3 +129,14 @@ def test_accepting_under_xdist_stores_the_workers_records(project: pytest.Pytest
     for name, array in serial["arrays"].items():  # the wire keeps every value and dtype exactly
         assert from_workers["arrays"][name].dtype == array.dtype, name
         np.testing.assert_array_equal(from_workers["arrays"][name], array, err_msg=name)
+
+
+def test_a_record_measured_against_another_teacher_is_refused(project: pytest.Pytester) -> None:
+    _run(project, "student", "--distill-accept", errors=1)
+    pyproject = project.path / "pyproject.toml"
+    teacher = '[tool.distill_eval.models.teacher]\nfactory = "tiny_lm:build"\n'
+    assert teacher in pyproject.read_text()
+    pyproject.write_text(pyproject.read_text().replace(teacher, teacher + "kwargs = { noise = 0.05, seed = 7 }\n"))
+    checks, _ = _run(project, "student", errors=1)
+    message = checks["lm-stored"]["message"]
+    assert "was measured against teacher 'teacher' with fingerprint" in message and "accept a baseline" in message
