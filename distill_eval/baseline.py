@@ -4,7 +4,9 @@
 same one written to ``reports/results.json``) at the project's ``baseline``
 path, default ``reports/baseline.json``; a ``regression`` check in stored mode
 reads it back with :func:`read_baseline` and picks the accepted student's
-stored metrics with :func:`find_check`. Nothing here runs a model.
+stored metrics with :func:`find_check`. A ``regression`` check on token data compares per
+sequence, so ``--distill-accept`` also stores the accepted student's per-sequence sums beside
+the baseline (:func:`write_token_records`, ``baseline.tokens.npz``). Nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -15,14 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill_eval.errors import CheckError
 from distill_eval.results import SCHEMA, CheckResult, write_json
 
-__all__ = ["ACCEPT_COMMAND", "Acceptance", "accept", "find_check", "missing_baseline_message", "read_baseline"]
+__all__ = [
+    "ACCEPT_COMMAND",
+    "Acceptance",
+    "accept",
+    "find_check",
+    "missing_baseline_message",
+    "read_baseline",
+    "read_token_record",
+    "token_records_path",
+    "write_token_records",
+]
 
 #: how a user creates (or replaces) the accepted baseline
 ACCEPT_COMMAND = "pytest --distill --distill-accept"
 _MISSING = "no accepted baseline at "
+#: how a token regression's error begins when the baseline lacks its record (accepting stores one)
+_MISSING_RECORD = "no per-sequence token record "
 
 
 def shown(path: Path, base: Path | None = None) -> str:
@@ -120,7 +136,11 @@ def find_check(
 
 def _waiting_for_baseline(result: CheckResult) -> bool:
     """A stored-mode regression check that errored only because no baseline exists yet."""
-    return result.kind == "regression" and result.outcome == "error" and result.message.startswith(_MISSING)
+    return (
+        result.kind == "regression"
+        and result.outcome == "error"
+        and result.message.startswith((_MISSING, _MISSING_RECORD))
+    )
 
 
 @dataclass(frozen=True)
@@ -287,3 +307,97 @@ def _merge(
         d for d in doc.get("deselected") or [] if (d.get("file"), d.get("suite"), d.get("id")) not in kept_keys
     ]
     return merged, kept, ()
+
+
+# -- per-sequence records of token regression checks ----------------------------------
+
+#: the ``format`` of a token-record sidecar
+TOKEN_RECORDS_FORMAT = "distill-eval token baseline 1"
+
+
+def token_records_path(path: Path) -> Path:
+    """Where the per-sequence records of stored-mode token regression checks sit beside a baseline.
+
+    ``reports/baseline.json`` keeps them in ``reports/baseline.tokens.npz``.
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.tokens.npz")
+
+
+def _record_key(suite: str, check: str) -> str:
+    return f"{suite}::{check}"
+
+
+def write_token_records(path: Path, records: Mapping[tuple[str, str], Mapping[str, Any]]) -> Path | None:
+    """Store the accepted student's per-sequence records beside the baseline ``path`` (merged with the stored ones).
+
+    Parameters
+    ----------
+    path : Path
+        The baseline results.json; the records go to :func:`token_records_path`.
+    records : mapping
+        ``(suite, check id) -> {"meta": {...}, "arrays": {name: ndarray}}`` from this run; the
+        records of checks this run did not compute are kept.
+
+    Returns
+    -------
+    Path or None
+        The file written; None when there was nothing to write.
+    """
+    if not records:
+        return None
+    target = token_records_path(path)
+    merged = dict(_read_token_records(target)) if target.is_file() else {}
+    merged.update({_record_key(*key): dict(value) for key, value in records.items()})
+    header = {"format": TOKEN_RECORDS_FORMAT, "records": {key: value["meta"] for key, value in merged.items()}}
+    arrays = {f"{key}::{name}": array for key, value in merged.items() for name, array in value["arrays"].items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the .tmp name
+        np.savez(f, header=np.array(json.dumps(header, sort_keys=True)), **arrays)
+    tmp.replace(target)
+    return target
+
+
+def _read_token_records(target: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with np.load(target, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        header = json.loads(str(arrays.pop("header")))
+    except Exception:  # noqa: BLE001 — unreadable: read_token_record says so; a new accept replaces it
+        return {}
+    if not isinstance(header, dict) or header.get("format") != TOKEN_RECORDS_FORMAT:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, meta in (header.get("records") or {}).items():
+        prefix = f"{key}::"
+        out[key] = {
+            "meta": meta,
+            "arrays": {name[len(prefix) :]: value for name, value in arrays.items() if name.startswith(prefix)},
+        }
+    return out
+
+
+def read_token_record(path: Path, suite: str, check: str) -> dict[str, Any]:
+    """The stored per-sequence record of token regression check ``check`` of suite ``suite``.
+
+    Raises
+    ------
+    CheckError
+        When the sidecar of baseline ``path`` is missing or unreadable, or holds no record of
+        that check; the message says how to store one. Like a missing baseline, it does not
+        keep ``--distill-accept`` from storing this run's records.
+    """
+    target = token_records_path(path)
+    redo = f"run `{ACCEPT_COMMAND}` on the accepted student to store it"
+    what = f"{_MISSING_RECORD}of check '{check}' of suite '{suite}' beside the baseline {shown(path)}"
+    if not target.is_file():
+        raise CheckError(f"{what}: {shown(target)} not found; {redo}")
+    records = _read_token_records(target)
+    if not records:
+        raise CheckError(f"{what}: {shown(target)} is not a readable record file; {redo}")
+    record = records.get(_record_key(suite, check))
+    if record is None:
+        known = ", ".join(sorted(records))
+        raise CheckError(f"{what}: {shown(target)} holds records of {known}; {redo}")
+    return record

@@ -314,9 +314,11 @@ kinds (KIND):
   leakage      a leakage check's duplicate search (exact and near) of one dataset in another
   discovery    a slices check's discovered groups (discover = true)
   token-pairs  a teacher's and a student's paired per-token statistics on a token dataset
+  token-model  one model's per-token summary on a token dataset (label log-prob, argmax, max prob,
+               entropy, top-k ids and log-probs, k = token_top_k)
   leakage-tokens  a leakage check's duplicate and n-gram search of token sequences in others
-  leakage, leakage-tokens, discovery and token-pairs entries are keyed by the content of what they read, their
-  settings and the code that computes them; they are stale once a dataset they read changed
+  leakage, leakage-tokens, discovery, token-pairs and token-model entries are keyed by the content
+  of what they read, their settings and the code that computes them; they are stale once a dataset they read changed
   or left the config, and unknown otherwise (what the suites ask is not read here)
 
 statuses:

@@ -103,6 +103,8 @@ class ProjectConfig:
     baseline: Path = Path("reports/baseline.json")
     device: str = "auto"
     batch_size: int = 256
+    #: top-k ids kept per token in a model's cached per-token summary (token data)
+    token_top_k: int = 32
     models: Mapping[str, ModelSpec] = field(default_factory=dict)
     datasets: Mapping[str, DatasetSpec] = field(default_factory=dict)
 
@@ -207,6 +209,7 @@ def load_project_config(rootdir: Path, pyproject: Path | None = None) -> Project
     device = r.string("device", "auto")
     _check_device(device, r)
     batch_size = r.integer("batch_size", 256, minimum=1)
+    token_top_k = r.integer("token_top_k", 32, minimum=1)
     models_table = r.table_of("models", {})
     datasets_table = r.table_of("datasets", {})
     r.finish()
@@ -225,6 +228,7 @@ def load_project_config(rootdir: Path, pyproject: Path | None = None) -> Project
         baseline=_resolve(rootdir, baseline),
         device=device,
         batch_size=batch_size,
+        token_top_k=token_top_k,
         models=models,
         datasets=datasets,
     )

@@ -320,6 +320,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.stash[ACCEPTANCE_KEY] = accept(
             state.results, state.written["results.json"], state.project.baseline, root=state.project.rootdir
         )
+        if config.stash[ACCEPTANCE_KEY].written:  # token regression checks compare per sequence: store those sums
+            from distill_eval.baseline import write_token_records
+
+            write_token_records(state.project.baseline, state.token_baseline_records)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

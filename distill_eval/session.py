@@ -37,7 +37,9 @@ from distill_eval.suite import CheckSpec, SuiteSpec
 
 if TYPE_CHECKING:
     from distill_eval.lm.models import TokenModel
+    from distill_eval.lm.modelstats import ModelTokenStats
     from distill_eval.lm.pairstats import TokenStats
+    from distill_eval.lm.session import SummaryPair
     from distill_eval.lm.tokens import TokenDataset
 
 __all__ = ["DistillSession", "output_cache_key"]
@@ -140,6 +142,10 @@ class DistillSession:
         self._token_models: dict[str, TokenModel] = {}
         self._token_fingerprints: dict[str, str | None] = {}
         self._token_stats: dict[tuple[str, str, str, int], TokenStats] = {}
+        self._token_summaries: dict[tuple[str, str], ModelTokenStats] = {}  # one model's per-token summary
+        #: per-sequence records of stored-mode token regression checks, by (suite, check id): what
+        #: ``--distill-accept`` stores beside the baseline
+        self.token_baseline_records: dict[tuple[str, str], dict[str, Any]] = {}
         self.results: list[CheckResult] = []
         #: checks collected but deselected (``-k``, ``-m``): ``{"suite", "file", "id", "kind"}``, file as in results
         self.deselected: list[dict[str, str]] = []
@@ -334,16 +340,22 @@ class DistillSession:
             self._token_fingerprints[name] = fp
         return self._token_fingerprints[name]
 
-    def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats:
+    def token_stats(
+        self, teacher: str, student: str, dataset: str, *, top_k: int | None = None, divergences: bool = True
+    ) -> TokenStats | SummaryPair:
         """Paired per-token statistics of ``teacher`` and ``student`` on token dataset ``dataset``.
 
         Computed once per (teacher, student, dataset, top-k), both models on the same batch of
-        ``batch_size`` sequences, and kept in the output cache. ``top_k=None``: any ``k`` already
-        computed in this run, else :data:`DEFAULT_TOP_K`.
+        ``batch_size`` sequences, and kept in the output cache (kind ``token-pairs``); the same
+        pass stores both models' per-token summaries (kind ``token-model``). ``top_k=None``: any
+        ``k`` already computed in this run, else :data:`DEFAULT_TOP_K`.
+
+        With ``divergences=False`` (the caller reads no kl, reverse_kl, js or tvd) and ``top_k``
+        at most ``token_top_k``, when the pair's statistics are not at hand but one model's
+        summary is, the other model runs alone and a :class:`~distill_eval.lm.session.SummaryPair`
+        is returned: a second student is evaluated without running the teacher again.
         """
-        from distill_eval.lm.models import shared_vocab
-        from distill_eval.lm.pairstats import stream_pair_stats
-        from distill_eval.lm.session import PAIR_KIND, pack_stats, pair_stats_key, unpack_stats
+        from distill_eval.lm.session import SummaryPair
 
         if top_k is None:
             known = [k for (t, s, d, k) in self._token_stats if (t, s, d) == (teacher, student, dataset)]
@@ -355,64 +367,184 @@ class DistillSession:
             if name not in self.project.models:
                 raise ConfigError(f"model {name!r} is not defined in [tool.distill_eval.models]")
         data = self.token_dataset(dataset)
-        fps = self.token_fingerprint(teacher, dataset), self.token_fingerprint(student, dataset)
-        cache_key = None
-        if None not in fps:
-            cache_key = pair_stats_key(
-                fps[0],
-                fps[1],
-                data,
-                top_k=top_k,
-                device=self.device,
-                batch_size=self.project.batch_size,
-                torch_version=torch_version(),
+        stats = self._cached_pair(teacher, student, dataset, top_k)
+        if stats is None and not divergences and top_k <= self.project.token_top_k:
+            summaries = [self._cached_summary(name, dataset) for name in (teacher, student)]
+            if any(summary is not None for summary in summaries):  # else one pair pass fills both
+                teacher_summary, student_summary = (
+                    summary if summary is not None else self._run_summary(name, dataset)
+                    for name, summary in zip((teacher, student), summaries, strict=True)
+                )
+                return SummaryPair(teacher_summary, student_summary, top_k)
+        if stats is None:
+            stats = self._run_pair(teacher, student, dataset, top_k)
+        else:
+            self._log(
+                f"{teacher} vs {student} on {dataset}: {stats.n} tokens of {data.n_sequences} sequences from cache"
             )
-        records, _, warning = self.cache.load(cache_key) if cache_key else (None, {}, None)
+        self._token_stats[key] = stats
+        return stats
+
+    def _pair_cache_key(self, teacher: str, student: str, dataset: str, top_k: int) -> str | None:
+        from distill_eval.lm.session import pair_stats_key
+
+        fps = self.token_fingerprint(teacher, dataset), self.token_fingerprint(student, dataset)
+        if None in fps:
+            return None
+        return pair_stats_key(
+            fps[0],  # type: ignore[arg-type]
+            fps[1],  # type: ignore[arg-type]
+            self.token_dataset(dataset),
+            top_k=top_k,
+            device=self.device,
+            batch_size=self.project.batch_size,
+            torch_version=torch_version(),
+        )
+
+    def _summary_cache_key(self, model: str, dataset: str) -> str | None:
+        from distill_eval.lm.session import model_stats_key
+
+        fp = self.token_fingerprint(model, dataset)
+        if fp is None:
+            return None
+        return model_stats_key(
+            fp,
+            self.token_dataset(dataset),
+            top_k=self.project.token_top_k,
+            device=self.device,
+            batch_size=self.project.batch_size,
+            torch_version=torch_version(),
+        )
+
+    def _load_entry(self, cache_key: str | None) -> tuple[Any, dict[str, Any]]:
+        records, info, warning = self.cache.load(cache_key) if cache_key else (None, {}, None)
         if warning:
             self.warnings.append(warning)
             self._log(warning)
-        stats = None
-        if records is not None:
-            try:
-                stats = unpack_stats(records)
-            except ValueError:
-                stats = None
-        what = f"{teacher} vs {student} on {dataset}"
-        if stats is not None:
-            self._log(f"{what}: {stats.n} tokens of {data.n_sequences} sequences from cache")
-        else:
-            t_model, s_model = self.token_model(teacher, dataset), self.token_model(student, dataset)
-            vocab = shared_vocab(t_model, s_model)
-            start = time.perf_counter()
-            with Progress(self._log, what, data.n_sequences, unit="sequences") as progress:
-                stats = stream_pair_stats(
-                    data,
-                    t_model,
-                    s_model,
-                    vocab_size=vocab,
-                    batch_size=self.project.batch_size,
-                    top_k=top_k,
-                    device=self.device,
-                    progress=progress.update,
-                )
-            self._log(
-                f"{what}: {stats.n} tokens of {data.n_sequences} sequences in {time.perf_counter() - start:.2f} s "
-                f"({t_model.device})"
+        return records, info
+
+    def _cached_pair(self, teacher: str, student: str, dataset: str, top_k: int) -> TokenStats | None:
+        """The pair's statistics from the disk cache, or None."""
+        from distill_eval.lm.session import unpack_stats
+
+        records, _ = self._load_entry(self._pair_cache_key(teacher, student, dataset, top_k))
+        if records is None:
+            return None
+        try:
+            return unpack_stats(records)
+        except ValueError:
+            return None
+
+    def _cached_summary(self, model: str, dataset: str) -> ModelTokenStats | None:
+        """Model ``model``'s per-token summary on ``dataset``, from memory or the disk cache, or None."""
+        from distill_eval.lm.session import unpack_model_stats
+
+        if (model, dataset) in self._token_summaries:
+            return self._token_summaries[(model, dataset)]
+        records, info = self._load_entry(self._summary_cache_key(model, dataset))
+        if records is None:
+            return None
+        try:
+            summary = unpack_model_stats(records, info.get("vocab_size", 0))
+        except (ValueError, TypeError):
+            return None
+        self._log(f"{model} on {dataset}: per-token summary of {summary.n} tokens from cache")
+        self._token_summaries[(model, dataset)] = summary
+        return summary
+
+    def _keep_summary(self, model: str, dataset: str, summary: ModelTokenStats) -> None:
+        """Remember a model's summary for this run and store it in the cache."""
+        from distill_eval.lm.session import MODEL_KIND, pack_columns
+
+        self._token_summaries[(model, dataset)] = summary
+        cache_key = self._summary_cache_key(model, dataset)
+        if cache_key:
+            data = self.token_dataset(dataset)
+            self.cache.store(
+                cache_key,
+                pack_columns(summary.columns()),
+                {
+                    "kind": MODEL_KIND,
+                    "model": model,
+                    "dataset": dataset,
+                    "models": {model: self.token_fingerprint(model, dataset)},
+                    "datasets": {dataset: data.sha256},
+                    "top_k": summary.top_k,
+                    "vocab_size": summary.vocab_size,
+                },
             )
-            if cache_key:
-                self.cache.store(
-                    cache_key,
-                    pack_stats(stats),
-                    {
-                        "kind": PAIR_KIND,
-                        "model": f"{teacher}+{student}",
-                        "dataset": dataset,
-                        "models": {teacher: fps[0], student: fps[1]},
-                        "datasets": {dataset: data.sha256},
-                        "top_k": top_k,
+
+    def _run_summary(self, model: str, dataset: str) -> ModelTokenStats:
+        """Run model ``model`` alone over ``dataset``, keeping its per-token summary."""
+        from distill_eval.lm.modelstats import stream_model_stats
+
+        data, loaded = self.token_dataset(dataset), self.token_model(model, dataset)
+        what = f"{model} on {dataset}"
+        start = time.perf_counter()
+        with Progress(self._log, what, data.n_sequences, unit="sequences") as progress:
+            summary = stream_model_stats(
+                data,
+                loaded,
+                vocab_size=loaded.true_vocab_size,
+                batch_size=self.project.batch_size,
+                top_k=min(self.project.token_top_k, loaded.true_vocab_size),
+                device=self.device,
+                who=model,
+                progress=progress.update,
+            )
+        self._log(
+            f"{what}: per-token summary of {summary.n} tokens in {time.perf_counter() - start:.2f} s ({loaded.device})"
+        )
+        self._keep_summary(model, dataset, summary)
+        return summary
+
+    def _run_pair(self, teacher: str, student: str, dataset: str, top_k: int) -> TokenStats:
+        """Run both models on the same batches: the pair's statistics, and both models' summaries."""
+        from distill_eval.lm.models import shared_vocab
+        from distill_eval.lm.pairstats import stream_pair_and_model_stats
+        from distill_eval.lm.session import PAIR_KIND, pack_stats
+
+        data = self.token_dataset(dataset)
+        what = f"{teacher} vs {student} on {dataset}"
+        t_model, s_model = self.token_model(teacher, dataset), self.token_model(student, dataset)
+        vocab = shared_vocab(t_model, s_model)
+        start = time.perf_counter()
+        with Progress(self._log, what, data.n_sequences, unit="sequences") as progress:
+            stats, t_summary, s_summary = stream_pair_and_model_stats(
+                data,
+                t_model,
+                s_model,
+                vocab_size=vocab,
+                batch_size=self.project.batch_size,
+                top_k=top_k,
+                model_top_k=min(self.project.token_top_k, vocab),
+                device=self.device,
+                progress=progress.update,
+            )
+        self._log(
+            f"{what}: {stats.n} tokens of {data.n_sequences} sequences in {time.perf_counter() - start:.2f} s "
+            f"({t_model.device})"
+        )
+        cache_key = self._pair_cache_key(teacher, student, dataset, top_k)
+        if cache_key:
+            self.cache.store(
+                cache_key,
+                pack_stats(stats),
+                {
+                    "kind": PAIR_KIND,
+                    "model": f"{teacher}+{student}",
+                    "dataset": dataset,
+                    "models": {
+                        teacher: self.token_fingerprint(teacher, dataset),
+                        student: self.token_fingerprint(student, dataset),
                     },
-                )
-        self._token_stats[key] = stats
+                    "datasets": {dataset: data.sha256},
+                    "top_k": top_k,
+                },
+            )
+        for name, summary in ((teacher, t_summary), (student, s_summary)):
+            if (name, dataset) not in self._token_summaries:
+                self._keep_summary(name, dataset, summary)
         return stats
 
     # -- checks --------------------------------------------------------------
@@ -538,7 +670,7 @@ class DistillSession:
         """What results.json says about every model this session touched."""
         out: dict[str, dict[str, Any]] = {}
         names = {m for m, _ in self._outputs} | set(self._models) | set(self._token_models)
-        names |= {m for t, s, _, _ in self._token_stats for m in (t, s)}
+        names |= {m for t, s, _, _ in self._token_stats for m in (t, s)} | {m for m, _ in self._token_summaries}
         for name in sorted(names):
             spec = self.project.models[name]
             info: dict[str, Any] = {

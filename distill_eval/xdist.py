@@ -21,9 +21,11 @@ A serial run registers nothing from this module.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 
 from distill_eval.results import CheckResult
@@ -114,8 +116,28 @@ def send_provenance(config: pytest.Config, state: DistillSession) -> None:
         "models": state.model_provenance(),
         "datasets": state.dataset_provenance(),
         "deselected": state.deselected,  # each worker collects, and deselects, every check
+        # stored-mode token regression records, for --distill-accept on the controller
+        "token_records": [records_to_wire(key, record) for key, record in state.token_baseline_records.items()],
     }
     config.workeroutput[ATTRIBUTE] = json.loads(json.dumps(provenance, default=str))  # type: ignore[attr-defined]
+
+
+def records_to_wire(key: tuple[str, str], record: Mapping[str, Any]) -> dict[str, Any]:
+    """A token regression check's per-sequence record as JSON-able lists (exact: floats round-trip by repr)."""
+    arrays = {
+        name: {"dtype": str(array.dtype), "shape": list(array.shape), "data": array.ravel().tolist()}
+        for name, array in record["arrays"].items()
+    }
+    return {"suite": key[0], "check": key[1], "meta": dict(record["meta"]), "arrays": arrays}
+
+
+def records_from_wire(wire: Mapping[str, Any]) -> tuple[tuple[str, str], dict[str, Any]]:
+    """What :func:`records_to_wire` sent: ``((suite, check id), {"meta", "arrays"})``."""
+    arrays = {
+        name: np.asarray(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+        for name, value in wire["arrays"].items()
+    }
+    return (wire["suite"], wire["check"]), {"meta": dict(wire["meta"]), "arrays": arrays}
 
 
 class Gatherer:
@@ -145,6 +167,9 @@ class Gatherer:
         for entry in sent.get("deselected", []):
             if entry not in self.state.deselected:
                 self.state.deselected.append(entry)
+        for wire in sent.get("token_records", []):
+            key, record = records_from_wire(wire)
+            self.state.token_baseline_records[key] = record
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -146,6 +146,18 @@ def token_npz(folder: Path) -> None:
     np.savez(folder / "test.npz", input_ids=rng.integers(0, 259, (10, 8)))
 
 
+def token_lm(folder: Path) -> None:
+    """``test.npz`` as token data and ``tiny_lm.py``, a bigram language model over its 259 byte ids."""
+    token_npz(folder)
+    (folder / "tiny_lm.py").write_text(
+        "import torch\n\n\nclass LM(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        torch.manual_seed(0)\n"
+        "        self.embed, self.head = torch.nn.Embedding(259, 8), torch.nn.Linear(8, 259)\n\n"
+        "    def forward(self, input_ids, attention_mask):\n        return self.head(self.embed(input_ids))\n\n\n"
+        "def build():\n    return LM()\n"
+    )
+
+
 def token_and_classification_train(folder: Path) -> None:
     """``test.npz`` as token data and ``train.npz`` as classification examples."""
     token_npz(folder)
@@ -590,12 +602,15 @@ CASES = [
         "stored-regression-on-token-data",
         "error",
         [
-            "*suites/gate.toml: regression check 'regression' could not be computed: check 'regression': on token "
-            "data (dataset 'test' holds token sequences) a regression is paired only: set 'baseline' to the "
-            "accepted student's model name"
+            "*suites/gate.toml: regression check 'regression' could not be computed: no accepted baseline at "
+            "reports/baseline.json; run `pytest --distill --distill-accept` on the accepted student to create it"
         ],
         suite='[suite]\nname = "gate"\n\n[[check]]\nkind = "regression"\n',
-        files=(token_npz,),
+        pyproject=(
+            (TEACHER, TEACHER.replace("tiny:build", "tiny_lm:build")),
+            (f'factory = "tiny:build"\n{STUDENT}', 'factory = "tiny_lm:build"'),
+        ),
+        files=(token_lm,),
     ),
     Case(
         "seq-len-without-bytes",

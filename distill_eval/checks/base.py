@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from distill_eval.data import Dataset
     from distill_eval.lm.models import TokenModel
     from distill_eval.lm.pairstats import TokenStats
+    from distill_eval.lm.session import SummaryPair
     from distill_eval.lm.tokens import TokenDataset
     from distill_eval.models import Model
     from distill_eval.outputs import ModelOutputs, OutputCache
@@ -170,7 +171,9 @@ class OutputSource(Protocol):
 
     def token_model(self, name: str, dataset: str) -> TokenModel: ...
 
-    def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats: ...
+    def token_stats(
+        self, teacher: str, student: str, dataset: str, *, top_k: int | None = None, divergences: bool = True
+    ) -> TokenStats | SummaryPair: ...
 
     @property
     def project(self) -> ProjectConfig: ...
@@ -206,11 +209,29 @@ class CheckContext:
         """The check's token dataset (sequences, ids, per-sequence meta)."""
         return self._source.token_dataset(self.check.dataset)
 
-    def token_stats(self, *, top_k: int | None = None, student: str | None = None) -> TokenStats:
-        """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset."""
+    def token_stats(
+        self, *, top_k: int | None = None, student: str | None = None, divergences: bool = True
+    ) -> TokenStats | SummaryPair:
+        """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset.
+
+        ``divergences=False``: the check reads no kl, reverse_kl, js or tvd, so the two models'
+        cached per-token summaries may serve (a :class:`~distill_eval.lm.session.SummaryPair`,
+        whose ``has_divergences`` is False) instead of running both models together.
+        """
         return self._source.token_stats(
-            self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k
+            self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k, divergences=divergences
         )
+
+    def token_fingerprint(self, model: str) -> str | None:
+        """What identifies language model ``model``'s logits (its files, or its parameters)."""
+        probe = getattr(self._source, "token_fingerprint", None)
+        return probe(model, self.check.dataset) if probe else None
+
+    def keep_token_record(self, record: Mapping[str, Any]) -> None:
+        """Hand this check's per-sequence record to the run, for ``--distill-accept`` to store beside the baseline."""
+        records = getattr(self._source, "token_baseline_records", None)
+        if records is not None:
+            records[(self.suite.name, self.check.id)] = dict(record)
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
         """A model's outputs, validated against the dataset's labels."""

@@ -114,7 +114,7 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
             f"check '{ctx.check.id}': '{unsupported[0]}' applies only to classification data; dataset "
             f"'{ctx.check.dataset}' holds token sequences"
         )
-    st = ctx.token_stats()
+    st = ctx.token_stats(divergences=False)  # per-model columns only: cached summaries serve
     y, t, s = st.label, st.teacher_argmax, st.student_argmax
     t_wrong, s_wrong = t != y, s != y
     copied = t_wrong & (s == t)

@@ -15,6 +15,12 @@ Two modes:
   1, 15 uniform ``bins``): results.json does not record parameters, so this is
   not checked. Values measured on another dataset (another sha256) are refused.
 
+On token data both modes pair the two students token by token and resample sequences; the
+stored mode reads the accepted student's per-sequence record that ``--distill-accept`` keeps
+beside the baseline (:func:`~distill_eval.baseline.read_token_record`): per sequence its
+agreeing tokens, summed KL and ECE bin gaps, and one right/wrong bit per token, so the stored
+comparison equals the paired one.
+
 Every metric is oriented so that larger is worse: ``accuracy_drop`` (baseline
 accuracy − candidate's), ``agreement_drop`` (baseline top-1 agreement with the
 teacher − candidate's), ``ece_increase`` (candidate top-label ECE, 15 equal-width
@@ -76,6 +82,7 @@ from distill_eval._tables import TableReader
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric
 from distill_eval.checks.intervals import Interval, Intervals
 from distill_eval.errors import CheckError
+from distill_eval.lm.cluster import SequenceSums
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.stats import clopper_pearson_interval
 from distill_eval.outputs import ModelOutputs
@@ -486,14 +493,18 @@ def _stored(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
 
 
 def _stored_latency(
-    ctx: CheckContext, doc: Mapping[str, Any], stored: Metric, stored_speedup: Metric
+    ctx: CheckContext, doc: Mapping[str, Any], stored: Metric, stored_speedup: Metric, p50: str = "student_p50_ms"
 ) -> tuple[Metric, float | None]:
-    """p50 ratio: this suite's latency check of this run over the stored one (drift-tolerant interval)."""
+    """p50 ratio: this suite's latency check of this run over the stored one (drift-tolerant interval).
+
+    ``p50`` names the student's median in both: ``student_e2e_p50_ms`` (a whole generation
+    episode) on token data.
+    """
     student, current, current_speedup = ctx.check.student, None, None
     for r in ctx.previous_results:
         same_suite = r.suite == ctx.suite.name and r.file == str(ctx.suite.file)
         if r.kind == "latency" and r.outcome != "error" and same_suite and r.models.get("student") == student:
-            m = r.metrics.get("student_p50_ms")
+            m = r.metrics.get(p50)
             if m is not None and m.value is not None:
                 current, current_speedup = m, r.metrics.get("speedup")
                 break
@@ -529,7 +540,7 @@ def _check_same_data(ctx: CheckContext, doc: Mapping[str, Any], path: Path, ids:
         )
 
 
-#: what kind ``regression`` computes on token data (paired mode)
+#: what kind ``regression`` computes on token data (both modes)
 TOKEN_METRICS = (
     "accuracy_drop",
     "agreement_drop",
@@ -539,44 +550,196 @@ TOKEN_METRICS = (
     "p50_ms_increase_ratio",
 )
 
+#: why kl_increase is undefined when per-model summaries served the check
+_NO_KL = (
+    "not computed: no bound of this check reads kl_increase, and cached per-token summaries served it "
+    "without running the teacher and a student together (bound it to compute it)"
+)
+
+
+def _token_columns(st: Any) -> dict[str, np.ndarray]:
+    """A student's per-token values that a token regression compares: right, agrees with the teacher, kl, ECE gap."""
+    return {
+        "right": st.student_argmax == st.label,
+        "agree": st.student_argmax == st.teacher_argmax,
+        "kl": st.kl.astype(np.float64) if st.has_divergences else None,
+        "confidence": st.student_max_prob.astype(np.float64),
+    }
+
+
+def _token_regression(
+    ctx: CheckContext,
+    cand: Any,
+    base: Mapping[str, Any],
+    extras: dict[str, Any],
+    latency: Metric,
+    no_base_kl: str = _NO_KL,
+) -> Measurement:
+    """Both students' values on the same tokens, bootstrapped by resampling sequences; ``latency`` is the p50 ratio.
+
+    ``base`` holds the baseline's per-token ``right`` and per-sequence sums (``agree``, ``kl``
+    or None, ``ece_bins`` of shape (sequences, 15)), aligned with the candidate's sequences.
+    """
+    from distill_eval.checks.tokens import TokenIntervals, ece_of_bins
+
+    iv = TokenIntervals(ctx, cand)
+    sums = iv.sums
+    c = _token_columns(cand)
+    right_b, right_c = base["right"], c["right"]
+    iv.add("accuracy_drop", sums.token_mean(right_b.astype(np.float64) - right_c))
+    agree_b, agree_c = sums.sums.column(base["agree"]), sums.token_sum(c["agree"].astype(np.float64))
+    tokens = sums.tokens
+    iv.add("agreement_drop", lambda s: (s[agree_b] - s[agree_c]) / s[tokens])
+    missing_kl = _NO_KL
+    if base["kl"] is not None and c["kl"] is not None:
+        kl_b, kl_c = sums.sums.column(base["kl"]), sums.token_sum(c["kl"])
+        iv.add("kl_increase", lambda s: (s[kl_c] - s[kl_b]) / s[tokens])
+    elif base["kl"] is None and c["kl"] is not None:
+        missing_kl = no_base_kl
+    iv.add("negative_flip_rate", sums.token_mean((right_b & ~right_c).astype(np.float64)))
+    ece_b = ece_of_bins([sums.sums.column(column) for column in np.asarray(base["ece_bins"]).T], tokens)
+    ece_c = ece_of_bins([sums.sums.column(column) for column in _sequence_sums(sums, c)["ece_bins"].T], tokens)
+    iv.add("ece_increase", lambda s: ece_c(s) - ece_b(s))  # paired: both on the same resampled sequences
+    metrics = iv.measure()
+    metrics.setdefault("kl_increase", Metric(None, None, missing_kl))
+    metrics["p50_ms_increase_ratio"] = latency
+    extras["candidate"] = {"accuracy": float(right_c.mean()), "top1": float(c["agree"].mean())}
+    extras["tokens"] = cand.n
+    return Measurement({key: metrics[key] for key in TOKEN_METRICS}, extras=extras, n=len(sums.units))
+
+
+def _needs_kl(ctx: CheckContext) -> bool:
+    return any(b.metric == "kl_increase" for b in ctx.check.bounds)
+
 
 def _token_paired(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     """Paired regression on token data: both students' per-token values on the same tokens, resampling sequences."""
-    from distill_eval.checks.tokens import TokenIntervals, token_ece
-
     name = params["baseline"]
-    if not name:
-        raise CheckError(
-            f"check '{ctx.check.id}': on token data (dataset '{ctx.check.dataset}' holds token sequences) a "
-            "regression is paired only: set 'baseline' to the accepted student's model name"
-        )
-    cand, base = ctx.token_stats(), ctx.token_stats(student=name)
+    divergences = _needs_kl(ctx)
+    cand, base = ctx.token_stats(divergences=divergences), ctx.token_stats(student=name, divergences=divergences)
     if not (np.array_equal(cand.sequence, base.sequence) and np.array_equal(cand.position, base.position)):
         raise CheckError(f"check '{ctx.check.id}': the two students were scored on different tokens")  # a cache bug
-    iv = TokenIntervals(ctx, cand)
-    sums = iv.sums
-    right_b, right_c = base.student_argmax == base.label, cand.student_argmax == cand.label
-    agree_b, agree_c = base.student_argmax == base.teacher_argmax, cand.student_argmax == cand.teacher_argmax
-    iv.add("accuracy_drop", sums.token_mean(right_b.astype(np.float64) - right_c))
-    iv.add("agreement_drop", sums.token_mean(agree_b.astype(np.float64) - agree_c))
-    iv.add("kl_increase", sums.token_mean(cand.kl.astype(np.float64) - base.kl))
-    iv.add("negative_flip_rate", sums.token_mean((right_b & ~right_c).astype(np.float64)))
-    ece_b = token_ece(sums, base.student_max_prob.astype(np.float64), right_b, BINS, "uniform")
-    ece_c = token_ece(sums, cand.student_max_prob.astype(np.float64), right_c, BINS, "uniform")
-    iv.add("ece_increase", lambda s: ece_c(s) - ece_b(s))  # paired: both on the same resampled sequences
-    metrics = iv.measure()
-    metrics["p50_ms_increase_ratio"] = _paired_latency(ctx, name, "e2e_p50_ms")
+    b = _token_columns(base)
+    sums = SequenceSums(cand.sequence)
+    per_sequence = _sequence_sums(sums, b)
     extras = {
-        "baseline": {"mode": "paired", "model": name, "accuracy": float(right_b.mean()), "top1": float(agree_b.mean())},
-        "candidate": {"accuracy": float(right_c.mean()), "top1": float(agree_c.mean())},
-        "tokens": cand.n,
+        "baseline": {
+            "mode": "paired",
+            "model": name,
+            "accuracy": float(b["right"].mean()),
+            "top1": float(b["agree"].mean()),
+        }
     }
-    return Measurement({key: metrics[key] for key in TOKEN_METRICS}, extras=extras, n=len(sums.units))
+    latency = _paired_latency(ctx, name, "e2e_p50_ms")
+    return _token_regression(ctx, cand, {"right": b["right"], **per_sequence}, extras, latency)
+
+
+def _sequence_sums(sums: SequenceSums, columns: Mapping[str, Any]) -> dict[str, Any]:
+    """A student's per-sequence sums (aligned with ``sums.units``): agreeing tokens, kl, ECE bin gaps."""
+    index, edges = bin_index(columns["confidence"], bins=BINS, binning="uniform")
+    gap = columns["right"].astype(np.float64) - columns["confidence"]
+    return {
+        "agree": sums.per_sequence(columns["agree"].astype(np.float64)),
+        "kl": sums.per_sequence(columns["kl"]) if columns["kl"] is not None else None,
+        "ece_bins": np.stack([sums.per_sequence(gap, where=index == b) for b in range(len(edges) - 1)], axis=1),
+    }
+
+
+def _token_stored(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
+    """Stored regression on token data: the candidate against the accepted student's per-sequence record."""
+    from distill_eval.baseline import read_baseline, read_token_record, shown, token_records_path
+
+    check, dataset = ctx.check, ctx.check.dataset
+    cand = ctx.token_stats(divergences=_needs_kl(ctx))
+    if cand.n == 0:
+        raise CheckError(f"check '{check.id}': dataset '{dataset}' has no scored tokens")
+    data = ctx.token_dataset
+    columns = _token_columns(cand)
+    sums = SequenceSums(cand.sequence)
+    per_sequence = _sequence_sums(sums, columns)
+    teacher_fp = ctx.token_fingerprint(check.teacher)
+    arrays = {
+        "sequence": sums.units.astype(np.int64),
+        "right": np.packbits(columns["right"]),
+        "agree": per_sequence["agree"],
+        "ece_bins": per_sequence["ece_bins"],
+    }
+    if per_sequence["kl"] is not None:
+        arrays["kl"] = per_sequence["kl"]
+    meta = {
+        "dataset": dataset,
+        "dataset_sha256": data.sha256,
+        "tokens": cand.n,
+        "teacher": check.teacher,
+        "teacher_fingerprint": teacher_fp,
+        "student": check.student,
+        "bins": BINS,
+    }
+    ctx.keep_token_record({"meta": meta, "arrays": arrays})  # what --distill-accept stores, before any error
+
+    explicit = params["baseline_results"]
+    path = Path(explicit) if explicit is not None else Path(ctx.project.baseline)
+    doc = read_baseline(path, accepted=explicit is None)  # a missing baseline: the same error as classification
+    stored = read_token_record(path, ctx.suite.name, check.id)
+    sm, sa = stored["meta"], stored["arrays"]
+    where = f"the baseline's record {shown(token_records_path(path))} of check '{check.id}'"
+    if sm.get("dataset_sha256") != data.sha256:
+        raise CheckError(
+            f"check '{check.id}': {where} was measured on dataset '{sm.get('dataset')}' with sha256 "
+            f"{str(sm.get('dataset_sha256'))[:12]}…, but dataset '{dataset}' now has sha256 {data.sha256[:12]}…: a "
+            "difference would measure the change of data, not of student; accept a baseline on this data "
+            f"(`pytest --distill --distill-accept`)"
+        )
+    if teacher_fp is not None and sm.get("teacher_fingerprint") not in (None, teacher_fp):
+        raise CheckError(
+            f"check '{check.id}': {where} was measured against teacher '{sm.get('teacher')}' with fingerprint "
+            f"{str(sm.get('teacher_fingerprint'))[:12]}…, but teacher '{check.teacher}' now has "
+            f"{teacher_fp[:12]}…: agreement and kl would measure the change of teacher; accept a baseline with it"
+        )
+    right = np.unpackbits(np.asarray(sa.get("right", np.zeros(0, np.uint8))), count=cand.n).astype(bool)
+    if (
+        not np.array_equal(np.asarray(sa.get("sequence")), sums.units)
+        or np.asarray(sa.get("ece_bins")).shape != (len(sums.units), BINS)
+        or int(sm.get("tokens", -1)) != cand.n
+    ):
+        raise CheckError(
+            f"check '{check.id}': {where} does not cover the {cand.n} scored tokens of the {len(sums.units)} "
+            f"sequences of dataset '{dataset}'; re-accept the baseline (`pytest --distill --distill-accept`)"
+        )
+    base = {"right": right, "agree": sa["agree"], "kl": sa.get("kl"), "ece_bins": sa["ece_bins"]}
+    extras = {
+        "baseline": {
+            "mode": "stored",
+            "file": str(path),
+            "record": str(token_records_path(path)),
+            "created": doc.get("created"),
+            "student": sm.get("student"),
+            "accuracy": float(right.mean()),
+            "top1": float(np.sum(sa["agree"]) / cand.n),
+        }
+    }
+    no_kl = "the baseline's record has no kl: accept it from a run whose check binds kl_increase"
+    return _token_regression(ctx, cand, base, extras, _stored_token_latency(ctx, doc), no_kl)
+
+
+def _stored_token_latency(ctx: CheckContext, doc: Mapping[str, Any]) -> Metric:
+    """p50 ratio of whole generation episodes: this run's token latency check over the stored one."""
+    from distill_eval.baseline import find_check
+
+    suite, dataset, student = ctx.suite.name, ctx.check.dataset, ctx.check.student
+
+    def stored(metric: str) -> Metric:
+        check = find_check(doc, suite, "latency", metric=metric, dataset=dataset, student=student)
+        missing = f"the baseline has no latency check with {metric} on dataset '{dataset}' in suite '{suite}'"
+        return _stored_metric(check, metric, missing)
+
+    ratio, _ = _stored_latency(ctx, doc, stored("student_e2e_p50_ms"), stored("speedup"), "student_e2e_p50_ms")
+    return ratio
 
 
 def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     if ctx.is_tokens:
-        return _token_paired(ctx, params)
+        return _token_paired(ctx, params) if params.get("baseline") else _token_stored(ctx, params)
     ctx.require_labels_for(("accuracy_drop", "ece_increase", "negative_flip_rate"))
     return _paired(ctx, params) if params.get("baseline") else _stored(ctx, params)
 

@@ -28,6 +28,7 @@ from distill_eval.errors import CheckError, ExpressionError
 from distill_eval.lm.cluster import SequenceSums, cluster_bootstrap
 from distill_eval.lm.frequency import TokenFrequency
 from distill_eval.lm.pairstats import TokenStats
+from distill_eval.lm.session import SummaryPair
 from distill_eval.lm.tokens import TokenDataset
 from distill_eval.outputs import result_key
 
@@ -180,7 +181,7 @@ class _TokenFields(Mapping[str, np.ndarray]):
     (called on first use).
     """
 
-    def __init__(self, stats: TokenStats, data: TokenDataset, frequency: Callable[[], TokenFrequency]):
+    def __init__(self, stats: TokenStats | SummaryPair, data: TokenDataset, frequency: Callable[[], TokenFrequency]):
         self._stats = stats
         self._data = data
         self._frequency = frequency
@@ -265,7 +266,7 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     frequency = cache(lambda: _frequency_reference(ctx, params, data))
     if params["frequency_data"] is not None:
         frequency()  # a bad reference is an error even where no slice reads it
-    st = ctx.token_stats()
+    st = ctx.token_stats(divergences=False)  # per-model columns only: cached summaries serve
     agree = st.teacher_argmax == st.student_argmax
     if params["metric"] == "accuracy":
         teacher_hit, student_hit = st.teacher_argmax == st.label, st.student_argmax == st.label

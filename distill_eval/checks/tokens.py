@@ -19,13 +19,16 @@ from distill_eval.checks.base import CheckContext, Measurement, Metric
 from distill_eval.errors import CheckError
 from distill_eval.lm.cluster import SequenceSums, cluster_bootstrap
 from distill_eval.lm.pairstats import TokenStats
+from distill_eval.lm.session import SummaryPair
 from distill_eval.metrics.calibration import bin_index
 from distill_eval.metrics.sums import SumStatistic
 
 __all__ = [
     "AGREEMENT_METRICS",
     "CALIBRATION_METRICS",
+    "DIVERGENCE_METRICS",
     "TokenIntervals",
+    "ece_of_bins",
     "token_agreement",
     "token_calibration",
     "token_ece",
@@ -49,16 +52,26 @@ AGREEMENT_METRICS = (
     "retention",
 )
 
+#: the agreement metrics that need both full distributions at once (the exact teacher-student pass);
+#: the others are exact from each model's cached per-token summary
+DIVERGENCE_METRICS = ("kl", "reverse_kl", "js", "tvd", "kl_p90", "kl_p99")
+
 #: kind ``calibration`` on token data
 CALIBRATION_METRICS = ("student_ece", "teacher_ece", "ece_gap", "student_nll", "teacher_nll")
 
 _NONNEGATIVE = (0.0, np.inf)
 
+#: why an unbound divergence is undefined when the run served the check from per-model summaries
+NO_DIVERGENCES = (
+    "not computed: no bound of this check reads a divergence, and the teacher's cached per-token summary "
+    "served it without running the teacher and the student together (bound it to compute it)"
+)
+
 
 class TokenIntervals:
     """A check's token statistics, bootstrapped together by resampling sequences (paired)."""
 
-    def __init__(self, ctx: CheckContext, stats: TokenStats):
+    def __init__(self, ctx: CheckContext, stats: TokenStats | SummaryPair):
         self.ctx = ctx
         self.sums = SequenceSums(stats.sequence)
         self._statistics: dict[str, SumStatistic] = {}
@@ -99,8 +112,8 @@ class TokenIntervals:
         return out
 
 
-def _stats(ctx: CheckContext, top_k: int | None = None) -> TokenStats:
-    stats = ctx.token_stats(top_k=top_k)
+def _stats(ctx: CheckContext, top_k: int | None = None, *, divergences: bool = False) -> TokenStats | SummaryPair:
+    stats = ctx.token_stats(top_k=top_k, divergences=divergences)
     if stats.n == 0:
         raise CheckError(
             f"check '{ctx.check.id}': dataset '{ctx.check.dataset}' has no scored tokens (every label is -100 or "
@@ -109,7 +122,7 @@ def _stats(ctx: CheckContext, top_k: int | None = None) -> TokenStats:
     return stats
 
 
-def _extras(stats: TokenStats) -> dict[str, Any]:
+def _extras(stats: TokenStats | SummaryPair) -> dict[str, Any]:
     return {"tokens": stats.n, "sequences": int(np.unique(stats.sequence).size)}
 
 
@@ -121,19 +134,21 @@ def token_agreement(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement
             f"are exact at temperature 1 (dataset '{ctx.check.dataset}' holds token sequences)"
         )
     k = params["k"]
-    st = _stats(ctx, k)
+    bound = {b.metric for b in ctx.check.bounds}
+    st = _stats(ctx, k, divergences=bool(bound & set(DIVERGENCE_METRICS)))
     iv = TokenIntervals(ctx, st)
     sums = iv.sums
     s_hit = (st.student_argmax == st.label).astype(np.float64)
     t_hit = (st.teacher_argmax == st.label).astype(np.float64)
     iv.add("top1", sums.token_mean((st.teacher_argmax == st.student_argmax).astype(np.float64)))
-    iv.add("topk", sums.token_mean((st.student_rank < k).astype(np.float64)))
+    iv.add("topk", sums.token_mean(st.student_top_k_hit(k).astype(np.float64)))
     iv.add("top_k_overlap", sums.token_mean(st.top_k_overlap))
-    for name in ("kl", "reverse_kl", "js", "tvd"):
-        iv.add(name, sums.token_mean(getattr(st, name)))
-    quantiles = sums.token_quantiles(st.kl, (0.9, 0.99))
-    iv.add("kl_p90", quantiles[0.9])
-    iv.add("kl_p99", quantiles[0.99])
+    if st.has_divergences:
+        for name in ("kl", "reverse_kl", "js", "tvd"):
+            iv.add(name, sums.token_mean(getattr(st, name)))
+        quantiles = sums.token_quantiles(st.kl, (0.9, 0.99))
+        iv.add("kl_p90", quantiles[0.9])
+        iv.add("kl_p99", quantiles[0.99])
     nll = iv.add("nll", sums.token_mean(st.student_nll))
     iv.add("perplexity", lambda s: np.exp(nll(s)))
     log_ratio = sums.token_mean(st.student_nll.astype(np.float64) - st.teacher_nll)  # paired: the same tokens
@@ -142,6 +157,9 @@ def token_agreement(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement
     s_total, t_total = sums.token_sum(s_hit), sums.token_sum(t_hit)
     iv.add("retention", lambda s: s[s_total] / s[t_total])
     metrics = iv.measure({"retention": "the teacher predicts no next token correctly"})
+    if not st.has_divergences:
+        skipped = Metric(None, None, NO_DIVERGENCES)
+        metrics = {name: metrics.get(name, skipped) for name in AGREEMENT_METRICS}
     return Measurement(metrics, extras=_extras(st) | {"k": k}, n=len(sums.units))
 
 
@@ -149,8 +167,11 @@ def token_ece(sums: SequenceSums, confidence: np.ndarray, hit: np.ndarray, bins:
     """Token ECE, ``sum_b |sum_{t in b} (hit_t - conf_t)| / tokens``, as a statistic of per-sequence sums."""
     index, edges = bin_index(confidence, bins=bins, binning=binning)
     gap = hit.astype(np.float64) - confidence
-    per_bin = [sums.token_sum(gap, where=index == b) for b in range(len(edges) - 1)]
-    tokens = sums.tokens
+    return ece_of_bins([sums.token_sum(gap, where=index == b) for b in range(len(edges) - 1)], sums.tokens)
+
+
+def ece_of_bins(per_bin: list[Any], tokens: Any) -> SumStatistic:
+    """ECE from handles of each bin's sum of ``hit - confidence`` and of the token count: ``sum_b |S_b| / N``."""
     return lambda s: np.abs(np.stack([s[b] for b in per_bin], axis=1)).sum(axis=1) / s[tokens]
 
 

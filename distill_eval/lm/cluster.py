@@ -177,8 +177,16 @@ class SequenceSums:
         where : array of bool of shape (n_tokens,), optional
             Only these tokens.
         """
+        return self.sums.column(self.per_sequence(values, where=where))
+
+    def per_sequence(self, values: ArrayLike | None = None, *, where: ArrayLike | None = None) -> NDArray[np.float64]:
+        """Each unit's sum of ``values`` over its (selected) tokens, aligned with :attr:`units`.
+
+        What :meth:`token_sum` declares; a stored per-sequence record (e.g. an accepted
+        baseline's) is declared back with ``sums.sums.column(record)``.
+        """
         v = _token_values(values, self.n_tokens, "values") * _where(where, self.n_tokens)
-        return self.sums.column(np.bincount(self._unit, weights=v, minlength=len(self.units)))
+        return np.bincount(self._unit, weights=v, minlength=len(self.units))
 
     def token_mean(self, values: ArrayLike, *, where: ArrayLike | None = None) -> SumStatistic:
         """A statistic: the token-weighted mean of ``values`` over (selected) tokens.

@@ -47,10 +47,11 @@ from distill_eval.lm.pairstats import (
     _take,
     _top_k,
     _vocab,
+    model_columns,
 )
 from distill_eval.lm.tokens import TokenDataset
 
-__all__ = ["ModelTokenStats", "model_stats", "stream_model_stats"]
+__all__ = ["ModelTokenStats", "model_stats", "stream_model_stats", "summary_record"]
 
 _FORMAT = "distill-eval model token stats 1"
 
@@ -244,7 +245,7 @@ def model_stats(
     rows, cols, targets, flat = _scored_batch({who: tensor}, labels, attention_mask, vocab, sequence_offset)
     chunk = _chunk_size(chunk_tokens, vocab)
     flat_logits = tensor.reshape(-1, tensor.shape[2])[:, :vocab]
-    parts: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, Any]] = []
     with torch.no_grad():
         for start in range(0, flat.size, chunk):
             stop = min(start + chunk, flat.size)
@@ -252,45 +253,38 @@ def model_stats(
             lp = _log_softmax(
                 _take(flat_logits, flat[start:stop]), who, rows[start:stop], cols[start:stop], sequence_offset
             )
-            parts.append(_chunk_summary(lp, y, k))
-    if parts:
-        columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    else:
-        columns = {
-            name: np.zeros((0, k) if name.startswith("top_") else (0,), ModelTokenStats.DTYPES[name])
-            for name in list(ModelTokenStats.DTYPES)[3:]
-        }
-    return ModelTokenStats(
-        sequence=(rows + sequence_offset).astype(np.int64),
-        position=(cols + 1).astype(np.int32),
-        label=targets.astype(np.int32),
-        **columns,
-        vocab_size=vocab,
+            parts.append(model_columns(lp, y, k))
+    return summary_record(
+        parts,
+        (rows + sequence_offset).astype(np.int64),
+        (cols + 1).astype(np.int32),
+        targets.astype(np.int32),
+        vocab=vocab,
+        top_k=k,
     )
 
 
-def _chunk_summary(lp: Any, y: Any, k: int) -> dict[str, np.ndarray]:
-    """The per-token columns of one chunk of float32 log-probs, computed as :func:`pair_stats` does."""
-    import torch
-
-    p = lp.exp()
-    top_lp, top_ids = lp.topk(k, dim=1)
-    best, arg = lp.max(dim=1)
-    entropy = -torch.mul(p, lp).sum(dim=1)
-    zeros = torch.nonzero(torch.isinf(lp.amin(dim=1)))[:, 0]
-    if zeros.numel():  # rows with probabilities exactly 0: 0 log 0 = 0
-        sub_lp, sub_p = lp[zeros], p[zeros]
-        entropy[zeros] = -torch.where(sub_p > 0, sub_p * sub_lp, sub_lp.new_zeros(())).sum(dim=1)
-    out = {
-        "nll": -lp.gather(1, y[:, None])[:, 0],
-        "argmax": arg,
-        "max_prob": best.exp(),
-        "entropy": entropy,
-        "top_ids": top_ids,
-        "top_logprobs": top_lp,
-        "tail_prob": (1.0 - top_lp.exp().sum(dim=1)).clamp_min_(0.0),
-    }
-    return {name: value.cpu().numpy().astype(ModelTokenStats.DTYPES[name], copy=False) for name, value in out.items()}
+def summary_record(
+    parts: Sequence[Mapping[str, Any]],
+    sequence: np.ndarray,
+    position: np.ndarray,
+    label: np.ndarray,
+    *,
+    vocab: int,
+    top_k: int,
+) -> ModelTokenStats:
+    """A record from the chunks of :func:`~distill_eval.lm.pairstats.model_columns` (torch tensors), in order."""
+    if parts:
+        columns = {
+            name: np.concatenate([part[name].cpu().numpy() for part in parts]).astype(ModelTokenStats.DTYPES[name])
+            for name in list(ModelTokenStats.DTYPES)[3:]
+        }
+    else:
+        columns = {
+            name: np.zeros((0, top_k) if name.startswith("top_") else (0,), ModelTokenStats.DTYPES[name])
+            for name in list(ModelTokenStats.DTYPES)[3:]
+        }
+    return ModelTokenStats(sequence=sequence, position=position, label=label, **columns, vocab_size=vocab)
 
 
 def stream_model_stats(
@@ -304,6 +298,7 @@ def stream_model_stats(
     device: Any = None,
     who: str = "model",
     info: Mapping[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ModelTokenStats:
     """Stream a token dataset through one model, batch by batch, keeping only the per-token summary.
 
@@ -326,6 +321,8 @@ def stream_model_stats(
     info : mapping, optional
         Provenance stored in :attr:`ModelTokenStats.info` (JSON-serialisable values); the
         dataset's sha256 is added as ``"dataset_sha256"``.
+    progress : callable, optional
+        Called after each batch with the number of sequences done so far.
 
     Returns
     -------
@@ -352,6 +349,8 @@ def stream_model_stats(
                 )
             )
             del logits
+            if progress is not None:
+                progress(batch.start + len(batch.input_ids))
     record = ModelTokenStats.concatenate(parts)
     return ModelTokenStats(
         **record.columns(), vocab_size=vocab, info={**(info or {}), "dataset_sha256": dataset.sha256}

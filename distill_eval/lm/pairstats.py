@@ -32,14 +32,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distill_eval.errors import DataError, ModelError
 from distill_eval.lm.tokens import TokenBatch, TokenDataset, scored_positions
 
-__all__ = ["TokenStats", "pair_stats", "shared_vocab_size", "stream_pair_stats"]
+if TYPE_CHECKING:
+    from distill_eval.lm.modelstats import ModelTokenStats
+
+__all__ = [
+    "TokenStats",
+    "model_columns",
+    "pair_stats",
+    "shared_vocab_size",
+    "stream_pair_and_model_stats",
+    "stream_pair_stats",
+]
 
 #: float32 elements per chunk array: 2 MiB each, whatever the vocabulary, so a chunk's passes stay in cache
 #: (16 tokens of a 32k vocabulary: twice as fast as 256 on one core)
@@ -100,6 +110,9 @@ class TokenStats:
     top_k_overlap: np.ndarray
     student_rank: np.ndarray
 
+    #: the divergence columns (kl, reverse_kl, js, tvd) are exact (not so for a pair of per-model summaries)
+    has_divergences = True
+
     @property
     def n(self) -> int:
         """Number of scored tokens."""
@@ -109,6 +122,10 @@ class TokenStats:
     def top_k(self) -> int:
         """The ``k`` of the top-k columns."""
         return int(self.teacher_top_ids.shape[1])
+
+    def student_top_k_hit(self, k: int) -> np.ndarray:
+        """Whether the student ranks the teacher's argmax among its ``k`` most likely ids."""
+        return self.student_rank < k
 
     def columns(self) -> dict[str, np.ndarray]:
         """Every column by name (what a cache stores)."""
@@ -230,10 +247,36 @@ def pair_stats(
     DataError
         When a scored label is outside the vocabulary.
     """
+    return _pair_batch(
+        teacher_logits,
+        student_logits,
+        labels,
+        attention_mask,
+        vocab_size=vocab_size,
+        top_k=top_k,
+        chunk_tokens=chunk_tokens,
+        sequence_offset=sequence_offset,
+    )[0]
+
+
+def _pair_batch(
+    teacher_logits: Any,
+    student_logits: Any,
+    labels: Any,
+    attention_mask: Any,
+    *,
+    vocab_size: int | tuple[int, int],
+    top_k: int,
+    chunk_tokens: int | None,
+    sequence_offset: int,
+    model_top_k: int | None = None,
+) -> tuple[TokenStats, tuple[ModelTokenStats, ModelTokenStats] | None]:
+    """:func:`pair_stats`, and with ``model_top_k`` also both models' summaries of the same batch."""
     import torch
 
     vocab = _vocab(vocab_size)
     k = _top_k(top_k, vocab)
+    summary_k = None if model_top_k is None else _top_k(model_top_k, vocab)
     tl = torch.as_tensor(teacher_logits)
     sl = torch.as_tensor(student_logits)
     rows, cols, targets, flat = _scored_batch(
@@ -244,6 +287,7 @@ def pair_stats(
     t_flat = tl.reshape(-1, tl.shape[2])[:, :vocab]
     s_flat = sl.reshape(-1, sl.shape[2])[:, :vocab]
     parts: list[dict[str, np.ndarray]] = []
+    summaries: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     with torch.no_grad():  # logits straight from training may require grad
         for start in range(0, flat.size, chunk):
             stop = min(start + chunk, flat.size)
@@ -251,13 +295,25 @@ def pair_stats(
             where = (rows[start:stop], cols[start:stop], sequence_offset)
             lp = _log_softmax(_take(t_flat, flat[start:stop]), "teacher", *where)
             lq = _log_softmax(_take(s_flat, flat[start:stop]), "student", *where).to(lp.device)
-            parts.append(_chunk_stats(lp, lq, y, k))
+            pair, models = _chunk_stats(lp, lq, y, k, summary_k)
+            parts.append(pair)
+            if models is not None:
+                summaries[0].append(models[0])
+                summaries[1].append(models[1])
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else _empty(k)
-    return TokenStats(
-        sequence=(rows + sequence_offset).astype(np.int64),
-        position=(cols + 1).astype(np.int32),
-        label=targets.astype(np.int32),
-        **columns,
+    sequence, position, label = (
+        (rows + sequence_offset).astype(np.int64),
+        (cols + 1).astype(np.int32),
+        targets.astype(np.int32),
+    )
+    stats = TokenStats(sequence=sequence, position=position, label=label, **columns)
+    if summary_k is None:
+        return stats, None
+    from distill_eval.lm.modelstats import summary_record
+
+    return stats, (
+        summary_record(summaries[0], sequence, position, label, vocab=vocab, top_k=summary_k),
+        summary_record(summaries[1], sequence, position, label, vocab=vocab, top_k=summary_k),
     )
 
 
@@ -337,15 +393,51 @@ def _log_softmax(logits: Any, who: str, rows: np.ndarray, cols: np.ndarray, offs
     return torch.log_softmax(logits, dim=1)
 
 
-def _chunk_stats(lp: Any, lq: Any, y: Any, k: int) -> dict[str, np.ndarray]:
-    """Every per-token column of one chunk of teacher (``lp``) and student (``lq``) log-probs.
+def model_columns(lp: Any, y: Any, k: int) -> dict[str, Any]:
+    """One model's per-token columns of one chunk of float32 log-probs (torch tensors, on its device).
 
-    Sums of products run over finite log-probs (a probability that underflows to 0 adds 0);
-    rows where either model gives a token probability exactly 0 (a -inf logit) are then
-    recomputed with ``0 log 0 = 0``, so every row's result depends on that row alone.
+    The one reduction behind both :class:`TokenStats`'s ``teacher_*`` / ``student_*`` columns and
+    :class:`~distill_eval.lm.modelstats.ModelTokenStats`: ``nll``, ``argmax``, ``max_prob``,
+    ``entropy`` (``0 log 0 = 0`` where a probability is exactly 0), ``top_ids`` and ``top_logprobs``
+    (``k`` most likely first) and ``tail_prob``.
     """
     import torch
 
+    p = lp.exp()
+    best, arg = lp.max(dim=1)
+    top_lp, top_ids = lp.topk(k, dim=1)
+    entropy = -torch.mul(p, lp).sum(dim=1)
+    zeros = torch.nonzero(torch.isinf(lp.amin(dim=1)))[:, 0]
+    if zeros.numel():  # rows with probabilities exactly 0: 0 log 0 = 0
+        sub_lp, sub_p = lp[zeros], p[zeros]
+        entropy[zeros] = -torch.where(sub_p > 0, sub_p * sub_lp, sub_lp.new_zeros(())).sum(dim=1)
+    return {
+        "nll": -lp.gather(1, y[:, None])[:, 0],
+        "argmax": arg,
+        "max_prob": best.exp(),
+        "entropy": entropy,
+        "top_ids": top_ids,
+        "top_logprobs": top_lp,
+        "tail_prob": (1.0 - top_lp.exp().sum(dim=1)).clamp_min_(0.0),
+    }
+
+
+def _chunk_stats(
+    lp: Any, lq: Any, y: Any, k: int, summary_k: int | None = None
+) -> tuple[dict[str, np.ndarray], tuple[dict[str, Any], dict[str, Any]] | None]:
+    """Every per-token column of one chunk of teacher (``lp``) and student (``lq``) log-probs.
+
+    Each model's own columns come from :func:`model_columns` (computed with ``max(k, summary_k)``
+    top ids, of which the pair keeps the first ``k``); with ``summary_k``, both models' columns
+    are returned too (torch tensors, top-k cut to ``summary_k``), so one pass also fills the
+    per-model summaries. Sums of products run over finite log-probs (a probability that
+    underflows to 0 adds 0); rows where either model gives a token probability exactly 0 (a -inf
+    logit) are then recomputed with ``0 log 0 = 0``, so every row's result depends on that row alone.
+    """
+    import torch
+
+    top = max(k, summary_k or 0)
+    t, s = model_columns(lp, y, top), model_columns(lq, y, top)
     p, q = lp.exp(), lq.exp()
     buf = torch.empty_like(lp)  # one scratch array, reused: fresh memory for every product costs more
 
@@ -354,45 +446,46 @@ def _chunk_stats(lp: Any, lq: Any, y: Any, k: int) -> dict[str, np.ndarray]:
 
     diff = lp - lq
     m = torch.add(p, q).mul_(0.5).clamp_min_(torch.finfo(lp.dtype).tiny).log_()  # log of the mixture
-    t_max, t_arg = lp.max(dim=1)
-    s_max, s_arg = lq.max(dim=1)
-    t_top_lp, t_top_ids = lp.topk(k, dim=1)
-    s_top_ids = lq.topk(k, dim=1).indices
+    t_top_ids, s_top_ids = t["top_ids"][:, :k], s["top_ids"][:, :k]
     out = {
-        "teacher_nll": -lp.gather(1, y[:, None])[:, 0],
-        "student_nll": -lq.gather(1, y[:, None])[:, 0],
-        "teacher_argmax": t_arg,
-        "student_argmax": s_arg,
-        "teacher_max_prob": t_max.exp(),
-        "student_max_prob": s_max.exp(),
-        "teacher_entropy": -dot(p, lp),
-        "student_entropy": -dot(q, lq),
+        "teacher_nll": t["nll"],
+        "student_nll": s["nll"],
+        "teacher_argmax": t["argmax"],
+        "student_argmax": s["argmax"],
+        "teacher_max_prob": t["max_prob"],
+        "student_max_prob": s["max_prob"],
+        "teacher_entropy": t["entropy"],
+        "student_entropy": s["entropy"],
         "kl": dot(p, diff),
         "reverse_kl": -dot(q, diff),
         "js": 0.5 * dot(p, torch.sub(lp, m, out=diff)) + 0.5 * dot(q, torch.sub(lq, m, out=diff)),
         "tvd": 0.5 * torch.sub(p, q, out=buf).abs_().sum(dim=1),
         "teacher_top_ids": t_top_ids,
-        "teacher_top_logprobs": t_top_lp,
+        "teacher_top_logprobs": t["top_logprobs"][:, :k],
         "top_k_overlap": _overlap(t_top_ids, s_top_ids, lp.shape[1]) / k,
-        "student_rank": torch.count_nonzero(lq > lq.gather(1, t_arg[:, None]), dim=1),
+        "student_rank": torch.count_nonzero(lq > lq.gather(1, t["argmax"][:, None]), dim=1),
     }
     zeros = torch.nonzero(torch.isinf(lp.amin(dim=1)) | torch.isinf(lq.amin(dim=1)))[:, 0]
     if zeros.numel():
         for name, value in _with_zeros(lp[zeros], lq[zeros]).items():
             out[name][zeros] = value
-    return {name: _numpy_column(name, value) for name, value in out.items()}
+    pair = {name: _numpy_column(name, value) for name, value in out.items()}
+    if summary_k is None:
+        return pair, None
+    cut = [
+        {**c, "top_ids": c["top_ids"][:, :summary_k], "top_logprobs": c["top_logprobs"][:, :summary_k]} for c in (t, s)
+    ]
+    return pair, (cut[0], cut[1])
 
 
 def _with_zeros(lp: Any, lq: Any) -> dict[str, Any]:
-    """Entropies and divergences of rows where some probabilities are exactly 0, with 0 log 0 = 0."""
+    """Divergences of rows where some probabilities are exactly 0, with 0 log 0 = 0."""
     import torch
 
     p, q = lp.exp(), lq.exp()
     zero = lp.new_zeros(())
     log_m = torch.log(0.5 * (p + q))
     return {
-        "teacher_entropy": -torch.where(p > 0, p * lp, zero).sum(dim=1),
-        "student_entropy": -torch.where(q > 0, q * lq, zero).sum(dim=1),
         "kl": torch.where(p > 0, p * (lp - lq), zero).sum(dim=1),  # inf where q = 0 < p
         "reverse_kl": torch.where(q > 0, q * (lq - lp), zero).sum(dim=1),
         "js": 0.5 * torch.where(p > 0, p * (lp - log_m), zero).sum(dim=1)
@@ -479,30 +572,114 @@ def stream_pair_stats(
     DataError
         When a label is outside the vocabulary.
     """
+    return _stream_pairs(
+        dataset,
+        teacher,
+        student,
+        vocab_size=vocab_size,
+        batch_size=batch_size,
+        top_k=top_k,
+        chunk_tokens=chunk_tokens,
+        device=device,
+        progress=progress,
+    )[0]
+
+
+def stream_pair_and_model_stats(
+    dataset: TokenDataset,
+    teacher: Callable[..., Any],
+    student: Callable[..., Any],
+    *,
+    model_top_k: int,
+    vocab_size: int | tuple[int, int] | None = None,
+    batch_size: int = 8,
+    top_k: int = 5,
+    chunk_tokens: int | None = None,
+    device: Any = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[TokenStats, ModelTokenStats, ModelTokenStats]:
+    """:func:`stream_pair_stats`, and from the same log-probs both models' per-model summaries.
+
+    One pass fills the pair statistics and the teacher's and student's
+    :class:`~distill_eval.lm.modelstats.ModelTokenStats` (with ``model_top_k`` top ids), equal to
+    what :func:`~distill_eval.lm.modelstats.stream_model_stats` computes for each model alone.
+
+    Parameters
+    ----------
+    model_top_k : int
+        ``k`` of the summaries' top-k columns.
+    dataset, teacher, student, vocab_size, batch_size, top_k, chunk_tokens, device, progress
+        As :func:`stream_pair_stats`.
+
+    Returns
+    -------
+    (TokenStats, ModelTokenStats, ModelTokenStats)
+        The pair statistics, the teacher's summary and the student's.
+    """
+    stats, summaries = _stream_pairs(
+        dataset,
+        teacher,
+        student,
+        vocab_size=vocab_size,
+        batch_size=batch_size,
+        top_k=top_k,
+        chunk_tokens=chunk_tokens,
+        device=device,
+        progress=progress,
+        model_top_k=model_top_k,
+    )
+    assert summaries is not None
+    return stats, *summaries
+
+
+def _stream_pairs(
+    dataset: TokenDataset,
+    teacher: Callable[..., Any],
+    student: Callable[..., Any],
+    *,
+    vocab_size: int | tuple[int, int] | None,
+    batch_size: int,
+    top_k: int,
+    chunk_tokens: int | None,
+    device: Any,
+    progress: Callable[[int], None] | None,
+    model_top_k: int | None = None,
+) -> tuple[TokenStats, tuple[ModelTokenStats, ModelTokenStats] | None]:
     import torch
 
     vocab = _dataset_vocab(dataset, vocab_size)
-    parts = []
+    parts, summaries = [], []
     with torch.inference_mode():
         for batch, input_ids, mask in _device_batches(dataset, batch_size, device):
             teacher_logits = _logits(teacher(input_ids, mask), "teacher")
             student_logits = _logits(student(input_ids, mask), "student")
-            parts.append(
-                pair_stats(
-                    teacher_logits,
-                    student_logits,
-                    batch.labels,
-                    batch.attention_mask,
-                    vocab_size=vocab,
-                    top_k=top_k,
-                    chunk_tokens=chunk_tokens,
-                    sequence_offset=batch.start,
-                )
+            stats, models = _pair_batch(
+                teacher_logits,
+                student_logits,
+                batch.labels,
+                batch.attention_mask,
+                vocab_size=vocab,
+                top_k=top_k,
+                chunk_tokens=chunk_tokens,
+                sequence_offset=batch.start,
+                model_top_k=model_top_k,
             )
+            parts.append(stats)
+            if models is not None:
+                summaries.append(models)
             del teacher_logits, student_logits
             if progress is not None:
                 progress(batch.start + len(batch.input_ids))
-    return TokenStats.concatenate(parts)
+    if model_top_k is None:
+        return TokenStats.concatenate(parts), None
+    from distill_eval.lm.modelstats import ModelTokenStats
+
+    info = {"dataset_sha256": dataset.sha256}
+    t, s = (ModelTokenStats.concatenate([m[i] for m in summaries]) for i in (0, 1))
+    return TokenStats.concatenate(parts), (
+        ModelTokenStats(**t.columns(), vocab_size=vocab, info=info),
+        ModelTokenStats(**s.columns(), vocab_size=vocab, info=info),
+    )
 
 
 def _dataset_vocab(dataset: TokenDataset, vocab_size: int | tuple[int, int] | None) -> int:

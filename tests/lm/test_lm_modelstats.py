@@ -178,3 +178,37 @@ def test_bad_logits_and_labels_are_reported_with_the_model_s_name() -> None:
         model_stats(batch()[0], labels, mask, vocab_size=V)
     with pytest.raises(ValueError, match="top_k must be an integer in"):
         model_stats(*batch(), vocab_size=V, top_k=0)
+
+
+def test_one_pair_pass_emits_both_models_summaries_as_each_model_alone_would(one_thread: None) -> None:
+    from distill_eval.lm.pairstats import stream_pair_and_model_stats
+    from distill_eval.lm.session import SummaryPair
+
+    rng = np.random.default_rng(5)
+    data = token_dataset([rng.integers(0, V, size=n) for n in (9, 4, 12, 7, 2)], vocab_size=V, name="toy")
+    teacher, student = Bigram(V), Bigram(V)
+    with torch.no_grad():
+        student.table.weight.add_(0.5 * torch.randn_like(student.table.weight))
+    pair, t_summary, s_summary = stream_pair_and_model_stats(
+        data, teacher, student, batch_size=2, top_k=3, model_top_k=6
+    )
+    assert (teacher.calls, student.calls) == (3, 3)  # one forward per batch each, for all three records
+    for model, summary in ((teacher, t_summary), (student, s_summary)):
+        alone = stream_model_stats(data, model, batch_size=2, top_k=6)
+        for name, value in alone.columns().items():
+            np.testing.assert_array_equal(getattr(summary, name), value, err_msg=name)
+    # the pair's own columns did not change by also emitting the summaries
+    plain = stream_pair_stats(data, teacher, student, batch_size=2, top_k=3)
+    for name, value in plain.columns().items():
+        np.testing.assert_array_equal(getattr(pair, name), value, err_msg=name)
+    # two summaries give the pair's per-model columns exactly, top-k overlap and top-k hits included
+    view = SummaryPair(t_summary, s_summary, 3)
+    for name in ("teacher_nll", "student_nll", "teacher_argmax", "student_argmax", "student_max_prob", "top_k_overlap"):
+        np.testing.assert_array_equal(getattr(view, name), getattr(pair, name), err_msg=name)
+    np.testing.assert_array_equal(view.student_top_k_hit(3), pair.student_rank < 3)
+    # and against a brute-force reading of the student's full distribution
+    with torch.no_grad():
+        logits = student(torch.from_numpy(data.input_ids), None)[..., :V].numpy()
+    rows = logits[pair.sequence, pair.position - 1]
+    rank = (rows > rows[np.arange(pair.n), pair.teacher_argmax][:, None]).sum(axis=1)
+    np.testing.assert_array_equal(view.student_top_k_hit(3), rank < 3)
