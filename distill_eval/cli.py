@@ -315,9 +315,11 @@ kinds (KIND):
   discovery    a slices check's discovered groups (discover = true)
   token-pairs  a teacher's and a student's paired per-token statistics on a token dataset
   leakage-tokens  a leakage check's duplicate and n-gram search of token sequences in others
-  leakage, leakage-tokens, discovery and token-pairs entries are keyed by the content of what they read, their
-  settings and the code that computes them; they are stale once a dataset they read changed
-  or left the config, and unknown otherwise (what the suites ask is not read here)
+  generation   a teacher's and a student's greedy continuations of a token dataset's prompts
+  leakage, leakage-tokens, discovery, token-pairs and generation entries are keyed by the
+  content of what they read, their settings and the code that computes them; they are stale
+  once a dataset they read changed or left the config, and unknown otherwise (what the suites
+  ask is not read here)
 
 statuses:
   current   its key is one pytest --distill computes now, from the configured model and

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from distill_eval._tables import TableReader
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
+    from distill_eval.lm.generation import Generations, Prompts
     from distill_eval.lm.pairstats import TokenStats
     from distill_eval.lm.tokens import TokenDataset
     from distill_eval.models import Model
@@ -169,6 +170,18 @@ class OutputSource(Protocol):
 
     def token_stats(self, teacher: str, student: str, dataset: str, *, top_k: int | None = None) -> TokenStats: ...
 
+    def generations(
+        self,
+        teacher: str,
+        student: str,
+        dataset: str,
+        prompts: Prompts,
+        *,
+        max_new_tokens: int,
+        eos: int | None,
+        batch_size: int,
+    ) -> Generations: ...
+
     @property
     def project(self) -> ProjectConfig: ...
 
@@ -207,6 +220,18 @@ class CheckContext:
         """The teacher's and student's (or ``student``'s) paired per-token statistics on the check's token dataset."""
         return self._source.token_stats(
             self.check.teacher, student or self.check.student, self.check.dataset, top_k=top_k
+        )
+
+    def generations(self, prompts: Prompts, *, max_new_tokens: int, eos: int | None, batch_size: int) -> Generations:
+        """The teacher's and student's greedy continuations of ``prompts`` (from the check's token dataset), cached."""
+        return self._source.generations(
+            self.check.teacher,
+            self.check.student,
+            self.check.dataset,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            eos=eos,
+            batch_size=batch_size,
         )
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:

@@ -56,11 +56,15 @@ _NONNEGATIVE = (0.0, np.inf)
 
 
 class TokenIntervals:
-    """A check's token statistics, bootstrapped together by resampling sequences (paired)."""
+    """A check's token statistics, bootstrapped together by resampling sequences (paired).
 
-    def __init__(self, ctx: CheckContext, stats: TokenStats):
+    ``units`` is a :class:`TokenStats` (one value per scored token, resampled by sequence) or
+    the unit of each value directly (kind ``generation``: one value per prompt, ``arange(n)``).
+    """
+
+    def __init__(self, ctx: CheckContext, units: TokenStats | np.ndarray):
         self.ctx = ctx
-        self.sums = SequenceSums(stats.sequence)
+        self.sums = SequenceSums(units.sequence if isinstance(units, TokenStats) else units)
         self._statistics: dict[str, SumStatistic] = {}
         self._methods: dict[str, str] = {}
         self._support: dict[str, tuple[float, float]] = {}
