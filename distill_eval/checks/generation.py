@@ -42,7 +42,7 @@ from distill_eval.lm.generation import (
     cut_at_eos,
     first_divergence,
     has_prompts,
-    rouge_l,
+    rouge_l_scores,
     select_prompts,
 )
 
@@ -172,9 +172,8 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     divergence = np.array([first_divergence(t, s) for t, s in zip(teacher, student, strict=True)], dtype=np.float64)
     longer = np.maximum(gen.teacher_length, gen.student_length).astype(np.float64)
     exact = np.array([np.array_equal(t, s) for t, s in zip(teacher, student, strict=True)], dtype=np.float64)
-    rouge = np.array([rouge_l(s, t) for t, s in zip(teacher, student, strict=True)])
-    s_ref = np.array([rouge_l(s, r) for s, r in zip(student, refs, strict=True)])
-    t_ref = np.array([rouge_l(t, r) for t, r in zip(teacher, refs, strict=True)])
+    rouge = rouge_l_scores(student, teacher)
+    s_ref, t_ref = rouge_l_scores(student, refs), rouge_l_scores(teacher, refs)
 
     iv = TokenIntervals(ctx, np.arange(n))
     sums = iv.sums

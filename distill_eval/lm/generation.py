@@ -14,7 +14,7 @@ The pieces:
   (:func:`~distill_eval.lm.decode.greedy_continuations`), cut after the first end-of-sequence
   token, and the teacher's log-likelihood of each, packed into one array for the run's cache;
 * :func:`first_divergence`, :func:`lcs_length`, :func:`rouge_l`: plain functions on two
-  sequences of token ids.
+  sequences of token ids (:func:`lcs_lengths`, :func:`rouge_l_scores`: on many pairs at once).
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ __all__ = [
     "generation_key",
     "has_prompts",
     "lcs_length",
+    "lcs_lengths",
     "rouge_l",
+    "rouge_l_scores",
     "select_prompts",
     "teacher_nll",
 ]
@@ -210,24 +212,65 @@ def first_divergence(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarra
     return int(differ[0]) if differ.size else common
 
 
+def lcs_lengths(a: Sequence[Sequence[int] | np.ndarray], b: Sequence[Sequence[int] | np.ndarray]) -> np.ndarray:
+    """The longest common subsequence's length of each pair ``(a[i], b[i])`` of token sequences.
+
+    The classic dynamic program (O(len a x len b) steps), run for all pairs at once: each step is
+    one numpy operation over the pairs. Shorter sequences are padded with ids that match nothing
+    (``-1`` in ``a``, ``-2`` in ``b``), which leaves every LCS unchanged.
+
+    Parameters
+    ----------
+    a, b : sequences of 1-D int arrays
+        Pairwise, of equal count; ids >= 0.
+
+    Returns
+    -------
+    ndarray of int64, shape (len(a),)
+    """
+    if len(a) != len(b):
+        raise ValueError(f"a and b must hold as many sequences, got {len(a)} and {len(b)}")
+    n = len(a)
+    la = max((len(x) for x in a), default=0)
+    lb = max((len(y) for y in b), default=0)
+    if n == 0 or la == 0 or lb == 0:
+        return np.zeros(n, dtype=np.int64)
+    left, right = np.full((n, la), -1, dtype=np.int64), np.full((n, lb), -2, dtype=np.int64)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        left[i, : len(x)], right[i, : len(y)] = x, y
+    previous = np.zeros((n, lb + 1), dtype=np.int64)
+    for i in range(la):
+        equal = left[:, i : i + 1] == right
+        current = np.zeros_like(previous)
+        for j in range(lb):
+            current[:, j + 1] = np.where(equal[:, j], previous[:, j] + 1, np.maximum(previous[:, j + 1], current[:, j]))
+        previous = current
+    return previous[:, -1]
+
+
 def lcs_length(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
-    """The length of the longest common subsequence of two token sequences (dynamic programming, O(len a × len b)).
+    """The length of the longest common subsequence of two token sequences (:func:`lcs_lengths` of one pair).
 
     Examples
     --------
     >>> lcs_length([1, 2, 3, 4], [2, 4, 3])
     2
     """
-    a, b = [int(x) for x in np.asarray(a).ravel()], [int(x) for x in np.asarray(b).ravel()]
-    if len(a) < len(b):
-        a, b = b, a
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
+    return int(lcs_lengths([np.asarray(a).ravel()], [np.asarray(b).ravel()])[0])
+
+
+def rouge_l_scores(
+    candidates: Sequence[Sequence[int] | np.ndarray], references: Sequence[Sequence[int] | np.ndarray]
+) -> np.ndarray:
+    """:func:`rouge_l` of each pair ``(candidates[i], references[i])``, computed together.
+
+    Returns
+    -------
+    ndarray of float64, shape (len(candidates),)
+    """
+    lcs = lcs_lengths(candidates, references).astype(np.float64)
+    total = np.array([len(c) + len(r) for c, r in zip(candidates, references, strict=True)], dtype=np.float64)
+    return np.divide(2.0 * lcs, total, out=np.zeros_like(lcs), where=lcs > 0)
 
 
 def rouge_l(candidate: Sequence[int] | np.ndarray, reference: Sequence[int] | np.ndarray) -> float:
@@ -240,10 +283,7 @@ def rouge_l(candidate: Sequence[int] | np.ndarray, reference: Sequence[int] | np
     >>> rouge_l([1, 2, 3, 4], [2, 4, 3])  # LCS 2: P = 1/2, R = 2/3
     0.5714285714285714
     """
-    lcs = lcs_length(candidate, reference)
-    if lcs == 0:
-        return 0.0
-    return 2.0 * lcs / (len(candidate) + len(reference))
+    return float(rouge_l_scores([np.asarray(candidate).ravel()], [np.asarray(reference).ravel()])[0])
 
 
 def teacher_nll(

@@ -19,7 +19,9 @@ from distill_eval.lm.generation import (
     generate_pair,
     has_prompts,
     lcs_length,
+    lcs_lengths,
     rouge_l,
+    rouge_l_scores,
     select_prompts,
     teacher_nll,
 )
@@ -89,10 +91,21 @@ def brute_lcs(a: list[int], b: list[int]) -> int:
 
 def test_lcs_equals_brute_force_on_random_short_sequences():
     rng = np.random.default_rng(0)
+    pairs = []
     for _ in range(300):
         a = rng.integers(0, 4, size=int(rng.integers(0, 9))).tolist()
         b = rng.integers(0, 4, size=int(rng.integers(0, 9))).tolist()
         assert lcs_length(a, b) == lcs_length(b, a) == brute_lcs(a, b), (a, b)
+        pairs.append((a, b))
+    # all pairs at once, padded to the longest: the padding matches nothing
+    together = lcs_lengths(
+        [np.array(a, dtype=np.int64) for a, _ in pairs], [np.array(b, dtype=np.int64) for _, b in pairs]
+    )
+    assert together.tolist() == [brute_lcs(a, b) for a, b in pairs]
+    scores = rouge_l_scores(
+        [np.array(a, dtype=np.int64) for a, _ in pairs], [np.array(b, dtype=np.int64) for _, b in pairs]
+    )
+    np.testing.assert_allclose(scores, [rouge_l(a, b) for a, b in pairs])
 
 
 @pytest.mark.parametrize(
