@@ -437,7 +437,7 @@ class DistillSession:
         from distill_eval.lm.generation import GENERATION_KIND, Generations, generate_pair, generation_key
         from distill_eval.lm.models import shared_vocab
 
-        memo = (teacher, student, dataset, prompts.rows.tobytes(), max_new_tokens, eos, batch_size)
+        memo = (teacher, student, dataset, prompts.sha256, max_new_tokens, eos, batch_size)
         if memo in self._generations:
             return self._generations[memo]
         for name in (teacher, student):

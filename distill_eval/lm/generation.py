@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from distill_eval._hashing import sha256_arrays
 from distill_eval.lm.decode import Decoder, greedy_continuations
 from distill_eval.lm.models import TokenModel
 from distill_eval.lm.tokens import IGNORE_INDEX, TokenDataset
@@ -86,6 +88,12 @@ class Prompts:
     @property
     def n(self) -> int:
         return len(self.tokens)
+
+    @cached_property
+    def sha256(self) -> str:
+        """A hash of the prompts' tokens and lengths: what the continuations depend on."""
+        lengths = np.array([len(p) for p in self.tokens], dtype=np.int64)
+        return sha256_arrays(lengths, np.concatenate(self.tokens).astype(np.int64))
 
 
 def _unscored_prefix(labels: np.ndarray) -> int:
@@ -473,11 +481,11 @@ def generation_key(
     torch_version : str
         The installed torch version.
     """
-    lengths = np.array([len(p) for p in prompts.tokens], dtype=np.int64)
     return result_key(
         GENERATION_KIND,
-        arrays={"prompts": np.concatenate(prompts.tokens), "lengths": lengths},
+        arrays={},
         settings={
+            "prompts": prompts.sha256,
             "teacher": teacher,
             "student": student,
             "dataset": data.sha256,

@@ -301,6 +301,13 @@ id = "pairs"
 kind = "generation"
 dataset = "pairs"
 max_new_tokens = 4
+
+[[check]]
+id = "longer-prompts"   # the same sequences, other prompts: other continuations
+kind = "generation"
+prompt_tokens = 5
+max_new_tokens = 6
+max_prompts = 12
 """
 
 
@@ -326,7 +333,7 @@ def _checks(pytester: pytest.Pytester) -> dict[str, dict]:
 
 
 def test_a_generation_suite_runs_end_to_end_against_hand_computed_metrics(gen_project: pytest.Pytester) -> None:
-    gen_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2, failed=1)
+    gen_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=3, failed=1)
     checks = _checks(gen_project)
     ids = np.load(gen_project.path / "tokens.npz")["input_ids"]
     rows = np.unique(np.linspace(0, 15, 12).round().astype(int))  # evenly spaced, the first included
@@ -359,6 +366,8 @@ def test_a_generation_suite_runs_end_to_end_against_hand_computed_metrics(gen_pr
     assert pairs["prompt_source"] == "unscored prefix" and pairs["eos"] == EOS_ID and pairs["prompts"] == 2
     # after "ab" the teacher writes "cdef": the reference "cd" is its first half
     assert pairs["metrics"]["teacher_rouge_l_ref"]["value"] == pytest.approx((4 / 6 + 0) / 2)
+    longer = checks["longer-prompts"]["metrics"]["first_divergence"]["value"]
+    assert longer == pytest.approx((ids[rows, 4] + 1 == 20).mean()) and longer != pytest.approx(hit.mean())
     texts = {ex["id"]: ex for ex in pairs["examples"]}
     assert texts["line-2"]["prompt"] == "<b>&" and texts["line-1"]["teacher"] == "cdef"
 
@@ -375,12 +384,12 @@ def test_examples_are_escaped_in_the_html_report(gen_project: pytest.Pytester) -
 def test_a_second_run_reads_the_continuations_from_the_cache(
     gen_project: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gen_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2, failed=1)
+    gen_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=3, failed=1)
     first = _checks(gen_project)
     calls = (gen_project.path / "calls.txt").read_text()
     assert calls  # the planted models ran
     again = gen_project.runpytest("-p", "no:cacheprovider", "--distill")
-    again.assert_outcomes(passed=2, failed=1)
+    again.assert_outcomes(passed=3, failed=1)
     assert (gen_project.path / "calls.txt").read_text() == calls  # no forward call at all
     assert "from cache" in again.stdout.str()
     second = _checks(gen_project)
@@ -388,7 +397,7 @@ def test_a_second_run_reads_the_continuations_from_the_cache(
     capsys.readouterr()
     assert main(["cache"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if " generation " in f" {line} "]
-    assert len(lines) == 3, lines  # constant, twin and pairs
+    assert len(lines) == 4, lines  # one per check: each reads other prompts or models
 
 
 BAD = """
