@@ -22,6 +22,10 @@ batch_size : int >= 1, default 32
 eos : int >= 0 or false
     The end-of-sequence id; default the dataset's (the byte corpus's ``EOS_ID``, a tokenizer's
     ``eos_token_id``), none when it has none; ``false``: never cut.
+threads : int >= 1, optional
+    ``torch.set_num_threads`` while generating (restored afterwards); default torch's. Decoding
+    calls a model once per token on a small batch, so on a busy CPU a thread count above the
+    free cores mostly waits on itself: ``threads = 1`` suits a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from distill_eval._tables import TableReader, describe
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement
 from distill_eval.checks.tokens import TokenIntervals
 from distill_eval.errors import CheckError
+from distill_eval.latency import _torch_threads
 from distill_eval.lm.generation import (
     Generations,
     Prompts,
@@ -80,6 +85,7 @@ def read_params(r: TableReader, suite_dir: Path) -> Mapping[str, Any]:
         "max_prompts": r.integer("max_prompts", 200, minimum=1),
         "batch_size": r.integer("batch_size", 32, minimum=1),
         "eos": eos,
+        "threads": r.integer("threads", None, minimum=1),
     }
 
 
@@ -163,7 +169,8 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     eos = _eos(ctx, params)
     prompts = _prompts(ctx, params)
     max_new = params["max_new_tokens"]
-    gen = ctx.generations(prompts, max_new_tokens=max_new, eos=eos, batch_size=params["batch_size"])
+    with _torch_threads(params["threads"]) as threads:  # only the decoding: a cache hit runs no model
+        gen = ctx.generations(prompts, max_new_tokens=max_new, eos=eos, batch_size=params["batch_size"])
     n = prompts.n
     teacher = [gen.cut("teacher", i) for i in range(n)]
     student = [gen.cut("student", i) for i in range(n)]
@@ -198,6 +205,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         "eos": eos,
         "generated_tokens": {"teacher": int(gen.teacher_length.sum()), "student": int(gen.student_length.sum())},
         "kv_cache": dict(gen.kv_cache),
+        "threads": threads,
         "examples": _examples(ctx, prompts, gen, divergence),
     }
     return Measurement(metrics, extras=extras, n=n)

@@ -763,6 +763,7 @@ def _generation_blocks(check: Mapping[str, Any]) -> list[Block]:
         ("end-of-sequence id", check.get("eos")),
         ("tokens generated", ", ".join(f"{k} {_count(v)}" for k, v in generated.items()) or None),
         ("key-value cache", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in kv.items()) or None),
+        ("torch threads", check.get("threads")),
     ]
     rows = [[Cell(k), Cell(_plain(v))] for k, v in facts if v is not None]
     if rows:

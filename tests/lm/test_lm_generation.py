@@ -229,8 +229,8 @@ class Planted(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids, attention_mask):
-        with open(os.environ["GEN_CALLS"], "a") as f:  # counts forward calls, across runs
-            f.write("x")
+        with open(os.environ["GEN_CALLS"], "a") as f:  # one character per forward call: torch's thread count
+            f.write(str(torch.get_num_threads()))
         target = (input_ids + 1) % V if self.c is None else torch.full_like(input_ids, self.c)
         return {PEAK} * torch.nn.functional.one_hot(target, V).float()
 
@@ -301,6 +301,7 @@ id = "pairs"
 kind = "generation"
 dataset = "pairs"
 max_new_tokens = 4
+threads = 1
 
 [[check]]
 id = "longer-prompts"   # the same sequences, other prompts: other continuations
@@ -333,8 +334,12 @@ def _checks(pytester: pytest.Pytester) -> dict[str, dict]:
 
 
 def test_a_generation_suite_runs_end_to_end_against_hand_computed_metrics(gen_project: pytest.Pytester) -> None:
+    torch.set_num_threads(2)  # one_thread restores 1 afterwards
     gen_project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=3, failed=1)
+    assert torch.get_num_threads() == 2  # 'threads = 1' of check 'pairs' held only while it generated
     checks = _checks(gen_project)
+    assert checks["pairs"]["threads"] == 1 and checks["constant"]["threads"] == 2
+    assert set((gen_project.path / "calls.txt").read_text()) == {"1", "2"}  # the pairs check decoded on one
     ids = np.load(gen_project.path / "tokens.npz")["input_ids"]
     rows = np.unique(np.linspace(0, 15, 12).round().astype(int))  # evenly spaced, the first included
     last = ids[rows, 3]  # each prompt's last token
