@@ -317,9 +317,11 @@ kinds (KIND):
   token-model  one model's per-token summary on a token dataset (label log-prob, argmax, max prob,
                entropy, top-k ids and log-probs, k = token_top_k)
   leakage-tokens  a leakage check's duplicate and n-gram search of token sequences in others
-  leakage, leakage-tokens, discovery, token-pairs and token-model entries are keyed by the content
-  of what they read, their settings and the code that computes them; they are stale once a dataset they read changed
-  or left the config, and unknown otherwise (what the suites ask is not read here)
+  generation   a teacher's and a student's greedy continuations of a token dataset's prompts
+  leakage, leakage-tokens, discovery, token-pairs, token-model and generation entries are keyed
+  by the content of what they read, their settings and the code that computes them; they are
+  stale once a dataset they read changed or left the config, and unknown otherwise (what the
+  suites ask is not read here)
 
 statuses:
   current   its key is one pytest --distill computes now, from the configured model and

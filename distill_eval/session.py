@@ -36,6 +36,7 @@ from distill_eval.results import CheckResult
 from distill_eval.suite import CheckSpec, SuiteSpec
 
 if TYPE_CHECKING:
+    from distill_eval.lm.generation import Generations, Prompts
     from distill_eval.lm.models import TokenModel
     from distill_eval.lm.modelstats import ModelTokenStats
     from distill_eval.lm.pairstats import TokenStats
@@ -146,6 +147,7 @@ class DistillSession:
         #: per-sequence records of stored-mode token regression checks, by (suite, check id): what
         #: ``--distill-accept`` stores beside the baseline
         self.token_baseline_records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._generations: dict[tuple[Any, ...], Generations] = {}
         self.results: list[CheckResult] = []
         #: checks collected but deselected (``-k``, ``-m``): ``{"suite", "file", "id", "kind"}``, file as in results
         self.deselected: list[dict[str, str]] = []
@@ -547,6 +549,77 @@ class DistillSession:
                 self._keep_summary(name, dataset, summary)
         return stats
 
+    def generations(
+        self,
+        teacher: str,
+        student: str,
+        dataset: str,
+        prompts: Prompts,
+        *,
+        max_new_tokens: int,
+        eos: int | None,
+        batch_size: int,
+    ) -> Generations:
+        """Greedy continuations of ``prompts`` (taken from token dataset ``dataset``) by ``teacher`` and ``student``.
+
+        Computed once per run for the same prompts and settings, and kept in the output cache
+        (kind ``generation``), keyed by both models' fingerprints, the prompts, the settings,
+        the device kind and the torch version (:func:`~distill_eval.lm.generation.generation_key`).
+        """
+        from distill_eval.lm.generation import GENERATION_KIND, Generations, generate_pair, generation_key
+        from distill_eval.lm.models import shared_vocab
+
+        memo = (teacher, student, dataset, prompts.sha256, max_new_tokens, eos, batch_size)
+        if memo in self._generations:
+            return self._generations[memo]
+        for name in (teacher, student):
+            if name not in self.project.models:
+                raise ConfigError(f"model {name!r} is not defined in [tool.distill_eval.models]")
+        data = self.token_dataset(dataset)
+        fps = self.token_fingerprint(teacher, dataset), self.token_fingerprint(student, dataset)
+        settings = {"max_new_tokens": max_new_tokens, "eos": eos, "batch_size": batch_size}
+        cache_key = None
+        if None not in fps:
+            cache_key = generation_key(
+                fps[0], fps[1], data, prompts, device=self.device, torch_version=torch_version(), **settings
+            )
+        records, info, warning = self.cache.load(cache_key) if cache_key else (None, {}, None)
+        if warning:
+            self.warnings.append(warning)
+            self._log(warning)
+        found = None
+        if records is not None and records.shape == (prompts.n,):
+            try:
+                found = Generations.unpack(records, info.get("kv_cache") or {})
+            except ValueError:
+                found = None
+        what = f"{teacher} and {student} continuing {prompts.n} prompts of {dataset}"
+        if found is not None:
+            self._log(f"{what}: from cache")
+        else:
+            t_model, s_model = self.token_model(teacher, dataset), self.token_model(student, dataset)
+            shared_vocab(t_model, s_model)  # the teacher scores the student's tokens
+            start = time.perf_counter()
+            found = generate_pair(t_model, s_model, prompts.tokens, **settings)
+            self._log(f"{what}: {max_new_tokens} tokens each in {time.perf_counter() - start:.2f} s ({t_model.device})")
+            if cache_key:
+                self.cache.store(
+                    cache_key,
+                    found.pack(),
+                    {
+                        "kind": GENERATION_KIND,
+                        "model": f"{teacher}+{student}",
+                        "dataset": dataset,
+                        "models": {teacher: fps[0], student: fps[1]},
+                        "datasets": {dataset: data.sha256},
+                        "prompts": prompts.n,
+                        "kv_cache": found.kv_cache,
+                        **settings,
+                    },
+                )
+        self._generations[memo] = found
+        return found
+
     # -- checks --------------------------------------------------------------
 
     def run_check(self, suite: SuiteSpec, check: CheckSpec) -> CheckResult:
@@ -601,6 +674,12 @@ class DistillSession:
             )
         if not kind.token_metrics:
             return
+        if not tokens and not kind.metrics + kind.slice_metrics:
+            raise CheckError(
+                f"check '{check.id}': kind {check.kind} evaluates only token data (language-model sequences), but "
+                f"dataset '{check.dataset}' holds classification examples; expected a token dataset (an .npz/.pt "
+                'file with input_ids, a .jsonl text file, or source = "builtin:bytes")'
+            )
         applicable = kind.token_metrics if tokens else kind.metrics + kind.slice_metrics
         for bound in check.bounds:
             if bound.metric not in applicable:
@@ -671,6 +750,7 @@ class DistillSession:
         out: dict[str, dict[str, Any]] = {}
         names = {m for m, _ in self._outputs} | set(self._models) | set(self._token_models)
         names |= {m for t, s, _, _ in self._token_stats for m in (t, s)} | {m for m, _ in self._token_summaries}
+        names |= {m for key in self._generations for m in key[:2]}
         for name in sorted(names):
             spec = self.project.models[name]
             info: dict[str, Any] = {

@@ -7,7 +7,16 @@ read its parameters and how to compute its metrics. Judging bounds is shared
 
 from __future__ import annotations
 
-from distill_eval.checks import agreement, calibration, copied_errors, latency, leakage, regression, slices
+from distill_eval.checks import (
+    agreement,
+    calibration,
+    copied_errors,
+    generation,
+    latency,
+    leakage,
+    regression,
+    slices,
+)
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement, Metric, SliceMeasurement
 
 __all__ = ["KINDS", "CheckContext", "CheckKind", "Measurement", "Metric", "SliceMeasurement"]
@@ -23,5 +32,6 @@ KINDS: dict[str, CheckKind] = {
         latency.KIND,
         leakage.KIND,
         regression.KIND,
+        generation.KIND,
     )
 }

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from distill_eval._tables import TableReader
     from distill_eval.config import ProjectConfig
     from distill_eval.data import Dataset
+    from distill_eval.lm.generation import Generations, Prompts
     from distill_eval.lm.models import TokenModel
     from distill_eval.lm.pairstats import TokenStats
     from distill_eval.lm.session import SummaryPair
@@ -175,6 +176,18 @@ class OutputSource(Protocol):
         self, teacher: str, student: str, dataset: str, *, top_k: int | None = None, divergences: bool = True
     ) -> TokenStats | SummaryPair: ...
 
+    def generations(
+        self,
+        teacher: str,
+        student: str,
+        dataset: str,
+        prompts: Prompts,
+        *,
+        max_new_tokens: int,
+        eos: int | None,
+        batch_size: int,
+    ) -> Generations: ...
+
     @property
     def project(self) -> ProjectConfig: ...
 
@@ -232,6 +245,18 @@ class CheckContext:
         records = getattr(self._source, "token_baseline_records", None)
         if records is not None:
             records[(self.suite.name, self.check.id)] = dict(record)
+
+    def generations(self, prompts: Prompts, *, max_new_tokens: int, eos: int | None, batch_size: int) -> Generations:
+        """The teacher's and student's greedy continuations of ``prompts`` (from the check's token dataset), cached."""
+        return self._source.generations(
+            self.check.teacher,
+            self.check.student,
+            self.check.dataset,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            eos=eos,
+            batch_size=batch_size,
+        )
 
     def outputs(self, model: str, dataset: str | None = None) -> ModelOutputs:
         """A model's outputs, validated against the dataset's labels."""

@@ -69,11 +69,16 @@ NO_DIVERGENCES = (
 
 
 class TokenIntervals:
-    """A check's token statistics, bootstrapped together by resampling sequences (paired)."""
+    """A check's token statistics, bootstrapped together by resampling sequences (paired).
 
-    def __init__(self, ctx: CheckContext, stats: TokenStats | SummaryPair):
+    ``units`` is per-token statistics (:class:`TokenStats` or :class:`SummaryPair`: one value per
+    scored token, resampled by sequence) or the unit of each value directly (kind ``generation``:
+    one value per prompt, ``arange(n)``).
+    """
+
+    def __init__(self, ctx: CheckContext, units: TokenStats | SummaryPair | np.ndarray):
         self.ctx = ctx
-        self.sums = SequenceSums(stats.sequence)
+        self.sums = SequenceSums(units if isinstance(units, np.ndarray) else units.sequence)
         self._statistics: dict[str, SumStatistic] = {}
         self._methods: dict[str, str] = {}
         self._support: dict[str, tuple[float, float]] = {}

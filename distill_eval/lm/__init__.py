@@ -24,6 +24,9 @@ therefore never stores them:
 - :mod:`~distill_eval.lm.models` loads token-level models (a Hugging Face directory with the
   ``[hf]`` extra, a ``"module:callable"`` factory, a ``.pt2`` with dynamic batch and length)
   behind one call, ``model(input_ids, attention_mask) -> logits`` over the true vocabulary.
+- :mod:`~distill_eval.lm.decode` continues prompts token by token (with a model's key-value
+  cache when it has one), and :mod:`~distill_eval.lm.generation` compares the teacher's and the
+  student's greedy continuations (exact match, first divergence, ROUGE-L, the teacher's NLL).
 - :mod:`~distill_eval.lm.loss` is the trainer's masked token KD loss (forward KL x T^2 + CE,
   reverse KL, JSD(beta)), normalised by the scored tokens of the whole step, chunked so the
   logits are never upcast at once.

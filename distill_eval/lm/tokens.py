@@ -43,7 +43,7 @@ import os
 import pickle
 import sysconfig
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -122,6 +122,12 @@ class TokenDataset:
         Content hash.
     vocab_size : int or None
         The vocabulary size, where the source knows it (the byte corpus does).
+    eos_id : int or None
+        The end-of-sequence token, where the source knows it (the byte corpus and the byte
+        tokenizer: :data:`EOS_ID`; a Hugging Face tokenizer: its ``eos_token_id``).
+    decode : callable or None
+        ``ids -> str``: the text of token ids, where the source can tell (the byte corpus, a
+        tokenizer); None for a file of ids.
     """
 
     name: str
@@ -133,6 +139,8 @@ class TokenDataset:
     source: str = ""
     sha256: str = ""
     vocab_size: int | None = None
+    eos_id: int | None = None
+    decode: Callable[[np.ndarray], str] | None = field(default=None, repr=False)
 
     @property
     def n_sequences(self) -> int:
@@ -221,6 +229,8 @@ def token_dataset(
     source: str = "",
     sha256: str | None = None,
     vocab_size: int | None = None,
+    eos_id: int | None = None,
+    decode: Callable[[np.ndarray], str] | None = None,
 ) -> TokenDataset:
     """Validate token arrays and build a :class:`TokenDataset`.
 
@@ -242,6 +252,10 @@ def token_dataset(
         Content hash; default: a hash of the validated arrays.
     vocab_size : int, optional
         When given, every id must be below it.
+    eos_id : int, optional
+        The end-of-sequence token id, when the source has one.
+    decode : callable, optional
+        ``ids -> str``, when the source can turn ids into text.
 
     Returns
     -------
@@ -334,6 +348,8 @@ def token_dataset(
         source=source,
         sha256=sha256,
         vocab_size=vocab_size,
+        eos_id=eos_id,
+        decode=decode,
     )
 
 
@@ -550,12 +566,14 @@ _JSONL_KEYS = ("text", "prompt", "completion", "id", "meta")
 
 @dataclass(frozen=True)
 class _Tokenizer:
-    """What the reader needs of a tokenizer: a batch encoder, its vocabulary size and its BOS id."""
+    """What the reader needs of a tokenizer: a batch encoder, its vocabulary size, BOS and EOS ids, a decoder."""
 
     encode: Any  # list[str] -> list[list[int]], no special tokens added
     vocab_size: int
     bos_id: int | None
     description: str
+    eos_id: int | None = None
+    decode: Any = None  # ids -> str, special tokens dropped
 
 
 def load_jsonl_tokens(
@@ -686,6 +704,8 @@ def load_jsonl_tokens(
         name=name,
         source=str(path),
         vocab_size=vocab,
+        eos_id=tok.eos_id,
+        decode=tok.decode,
     )
 
 
@@ -802,6 +822,8 @@ def _load_tokenizer(tokenizer: Any, where: str) -> _Tokenizer:
             vocab_size=BYTE_VOCAB_SIZE,
             bos_id=BOS_ID,
             description="'bytes'",
+            eos_id=EOS_ID,
+            decode=decode_bytes,
         )
     if isinstance(tokenizer, str | os.PathLike):
         directory = Path(tokenizer)
@@ -839,8 +861,19 @@ def _hf_tokenizer(tokenizer: Any, description: str) -> _Tokenizer:
             return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
 
+    def decode(ids: Any) -> str:
+        return str(tokenizer.decode([int(i) for i in np.asarray(ids).ravel()], skip_special_tokens=True))
+
     bos_id = getattr(tokenizer, "bos_token_id", None)
-    return _Tokenizer(encode=encode, vocab_size=len(tokenizer), bos_id=bos_id, description=description)
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    return _Tokenizer(
+        encode=encode,
+        vocab_size=len(tokenizer),
+        bos_id=bos_id,
+        description=description,
+        eos_id=eos_id if isinstance(eos_id, int) else None,
+        decode=decode if callable(getattr(tokenizer, "decode", None)) else None,
+    )
 
 
 def _encode(tok: _Tokenizer, texts: list[str], where: str) -> list[list[int]]:
@@ -950,7 +983,7 @@ def load_byte_corpus(split: str = "test", *, seq_len: int = 128, name: str | Non
     Returns
     -------
     TokenDataset
-        With ``vocab_size`` :data:`BYTE_VOCAB_SIZE`, ids ``"bytes-<split>-<i>"`` and meta
+        With ``vocab_size`` :data:`BYTE_VOCAB_SIZE`, ``eos_id`` :data:`EOS_ID`, ids ``"bytes-<split>-<i>"`` and meta
         ``document`` (the name of the document the sequence starts in) and ``offset`` (its
         first byte's offset in the split's stream).
 
@@ -989,4 +1022,6 @@ def load_byte_corpus(split: str = "test", *, seq_len: int = 128, name: str | Non
         source="builtin:bytes",  # as the dataset table names it; the split is in the name and the hash
         sha256=sha256_arrays(input_ids, salt=f"bytes:{split}:{seq_len}"),
         vocab_size=BYTE_VOCAB_SIZE,
+        eos_id=EOS_ID,
+        decode=decode_bytes,
     )

@@ -781,6 +781,58 @@ def _regression_blocks(check: Mapping[str, Any]) -> list[Block]:
     return blocks
 
 
+def _tokens_shown(example: Mapping[str, Any], part: str) -> str:
+    """An example's prompt or continuation: its decoded text when the dataset could decode it, else its ids."""
+    text = example.get(part)
+    if isinstance(text, str):
+        return text
+    ids = example.get(f"{part}_ids")
+    return " ".join(str(i) for i in ids) if isinstance(ids, list) else "—"
+
+
+def _generation_blocks(check: Mapping[str, Any]) -> list[Block]:
+    blocks: list[Block] = []
+    kv = check.get("kv_cache") or {}
+    generated = check.get("generated_tokens") or {}
+    facts = [
+        ("prompts", check.get("prompts")),
+        ("sequences skipped (too short)", check.get("skipped")),
+        ("prompt", check.get("prompt_source")),
+        ("prompt tokens", check.get("prompt_tokens")),
+        ("max new tokens", check.get("max_new_tokens")),
+        ("end-of-sequence id", check.get("eos")),
+        ("tokens generated", ", ".join(f"{k} {_count(v)}" for k, v in generated.items()) or None),
+        ("key-value cache", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in kv.items()) or None),
+        ("torch threads", check.get("threads")),
+    ]
+    rows = [[Cell(k), Cell(_plain(v))] for k, v in facts if v is not None]
+    if rows:
+        caption = (
+            "Teacher and student each continue the same prompts greedily; continuations are cut after the first "
+            "end-of-sequence token, and every metric is a mean over prompts (intervals resample prompts)"
+        )
+        blocks.append(Table(["generation", "value"], rows, caption=caption))
+    examples = check.get("examples")
+    if isinstance(examples, list) and examples:
+        rows = []
+        for ex in examples:
+            prompt = _tokens_shown(ex, "prompt")
+            if ex.get("prompt_truncated"):
+                prompt = "…" + prompt
+            rows.append(
+                [
+                    Cell(str(ex.get("id")), cls="code"),
+                    Cell(_num(ex.get("first_divergence")), cls="num"),
+                    Cell(prompt, cls="code"),
+                    Cell(_tokens_shown(ex, "teacher"), cls="code"),
+                    Cell(_tokens_shown(ex, "student"), cls="code"),
+                ]
+            )
+        caption = "The prompts where the student leaves the teacher earliest (first differing token, counted from 0)"
+        blocks.append(Table(["id", "diverges at", "prompt (end)", "teacher", "student"], rows, caption=caption))
+    return blocks
+
+
 _KIND_BLOCKS = {
     "calibration": _calibration_blocks,
     "agreement": _agreement_blocks,
@@ -789,6 +841,7 @@ _KIND_BLOCKS = {
     "leakage": _leakage_blocks,
     "latency": _latency_blocks,
     "regression": _regression_blocks,
+    "generation": _generation_blocks,
 }
 
 
