@@ -93,7 +93,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -349,25 +349,10 @@ def _prompts(ctx: CheckContext, batch_size: int, prompt_length: int) -> np.ndarr
 
 def _generation_trial(ctx: CheckContext, call: L.TimedCall, model: TokenModel, prompts: np.ndarray) -> None:
     """Run one generation episode, untimed: a model that cannot generate fails here, in one line."""
-    import torch
-
-    spec = ctx.project.models.get(model.name)
-    where = f" ({spec.describe()})" if spec is not None else ""
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # as while timing: TorchScript's deprecation
-            call.call(lambda: None)
-            if call.sync is not None:
-                call.sync()
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001 — the user's model failed on the user's data: one line, no traceback
-        lines = str(e).strip().splitlines()
-        first = lines[0][:300] if lines else ""
-        raise ModelError(
-            f"model '{model.name}'{where} cannot generate from the latency prompts of shape {tuple(prompts.shape)} "
-            f"(tokens of dataset '{ctx.check.dataset}'): {type(e).__name__}: {first}"
-        ) from None
+    what = (
+        f"generate from the latency prompts of shape {tuple(prompts.shape)} (tokens of dataset '{ctx.check.dataset}')"
+    )
+    _untimed(ctx, call, model.name, lambda: call.call(lambda: None), cannot=what)
 
 
 def _bootstrapped(ctx: CheckContext, pairs: int, statistics: Mapping[str, tuple[Statistic, str]]) -> dict[str, Metric]:
@@ -447,21 +432,22 @@ _DYNAMIC_BATCH_HINT = (
 )
 
 
-def _trial(ctx: CheckContext, call: L.TimedCall, model: Model, batch: np.ndarray) -> int:
-    """Run ``call`` once, untimed; return the number of classes it outputs.
+def _untimed(
+    ctx: CheckContext, call: L.TimedCall, name: str, run: Callable[[], Any], *, cannot: str, hint: str = ""
+) -> Any:
+    """``run()`` once, untimed and synchronised: the user's model failing on the user's data is one line.
 
-    A model that cannot run on the timing batch fails here with one line naming the model
-    and its file, rather than deep inside the timing loop.
+    The :class:`~distill_eval.errors.ModelError` names the model and its file: "model 'student'
+    (<file>) cannot <cannot>: <exception>; <hint>".
     """
     import torch
 
-    spec = ctx.project.models.get(model.name)
+    spec = ctx.project.models.get(name)
     where = f" ({spec.describe()})" if spec is not None else ""
-    what = f"the latency timing batch of shape {tuple(batch.shape)} (rows of dataset '{ctx.check.dataset}')"
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # as while timing: TorchScript's deprecation
-            out = call.call()
+            out = run()
             if call.sync is not None:
                 call.sync()
     except ModelError:
@@ -470,8 +456,21 @@ def _trial(ctx: CheckContext, call: L.TimedCall, model: Model, batch: np.ndarray
         lines = str(e).strip().splitlines()
         first = lines[0][:300] if lines else ""
         raise ModelError(
-            f"model '{model.name}'{where} cannot run on {what}: {type(e).__name__}: {first}; {_DYNAMIC_BATCH_HINT}"
+            f"model '{name}'{where} cannot {cannot}: {type(e).__name__}: {first}" + (f"; {hint}" if hint else "")
         ) from None
+    return out
+
+
+def _trial(ctx: CheckContext, call: L.TimedCall, model: Model, batch: np.ndarray) -> int:
+    """Run ``call`` once, untimed; return the number of classes it outputs.
+
+    A model that cannot run on the timing batch fails here with one line naming the model
+    and its file, rather than deep inside the timing loop.
+    """
+    spec = ctx.project.models.get(model.name)
+    where = f" ({spec.describe()})" if spec is not None else ""
+    what = f"the latency timing batch of shape {tuple(batch.shape)} (rows of dataset '{ctx.check.dataset}')"
+    out = _untimed(ctx, call, model.name, call.call, cannot=f"run on {what}", hint=_DYNAMIC_BATCH_HINT)
     shape = tuple(out.shape) if hasattr(out, "shape") else np.shape(out)
     if len(shape) != 2 or shape[0] != len(batch):
         raise ModelError(

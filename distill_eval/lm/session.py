@@ -137,22 +137,8 @@ def pair_stats_key(
     torch_version : str
         The installed torch version.
     """
-    return result_key(
-        PAIR_KIND,
-        arrays={},
-        settings={
-            "teacher": teacher,
-            "student": student,
-            "dataset": data.sha256,
-            "sequences": data.n_sequences,
-            "tokens": data.n_scored,
-            "top_k": top_k,
-            "device": device.split(":")[0],
-            "batch_size": batch_size,
-            "torch": torch_version,
-        },
-        code=_PAIR_CODE,
-    )
+    models = {"teacher": teacher, "student": student}
+    return _token_key(PAIR_KIND, models, data, top_k, device, batch_size, torch_version)
 
 
 def model_stats_key(
@@ -167,11 +153,24 @@ def model_stats_key(
     data, top_k, device, batch_size, torch_version
         As :func:`pair_stats_key` (``top_k``: the summary's, ``token_top_k``).
     """
+    return _token_key(MODEL_KIND, {"model": model}, data, top_k, device, batch_size, torch_version)
+
+
+def _token_key(
+    kind: str,
+    models: dict[str, str],
+    data: TokenDataset,
+    top_k: int,
+    device: str,
+    batch_size: int,
+    torch_version: str,
+) -> str:
+    """A per-token cache entry's key: the models' fingerprints, the data and what changes the logits' last bits."""
     return result_key(
-        MODEL_KIND,
+        kind,
         arrays={},
         settings={
-            "model": model,
+            **models,
             "dataset": data.sha256,
             "sequences": data.n_sequences,
             "tokens": data.n_scored,
