@@ -319,6 +319,8 @@ class DistillSession:
             try:
                 model = load_token_model(spec, device=self.device, vocab_size=spec.vocab_size)
             except ModelError as e:
+                if "language model" in str(e):  # it already says what a language model must be
+                    raise
                 raise ModelError(
                     f"{e}; dataset '{dataset}' holds token sequences, so model '{name}' must be a language model "
                     "(forward(input_ids, attention_mask) -> logits of shape (batch, length, vocab))"

@@ -249,9 +249,11 @@ def load_token_model(
         raise ModelError(f"model '{spec.name}': not found: {path}")
     if path.suffix.lower() == ".pt2":
         return _load_pt2(spec, path, device=device, vocab_size=vocab_size)
+    state_dict = " (a state dict goes in 'weights', next to the 'factory' that builds the module)"
     raise ModelError(
         f"model '{spec.name}': {path}: unsupported format {path.suffix.lower()!r} for a language model; expected "
         "a Hugging Face model directory, a .pt2 torch.export program, or 'factory' (+ 'weights')"
+        + (state_dict if path.suffix.lower() in (".pt", ".pth") else "")
     )
 
 

@@ -167,8 +167,12 @@ def test_missing_and_unsupported_paths(tmp_path):
     with pytest.raises(ModelError, match=r"model 'student': not found: .*nope"):
         load_token_model(ModelSpec(name="student", path=tmp_path / "nope"))
     (tmp_path / "m.onnx").write_bytes(b"x")
-    with pytest.raises(ModelError, match=r"unsupported format '.onnx' for a language model"):
+    with pytest.raises(ModelError, match=r"unsupported format '.onnx' for a language model") as onnx:
         load_token_model(ModelSpec(name="student", path=tmp_path / "m.onnx"))
+    assert "state dict" not in str(onnx.value)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "weights.pt")
+    with pytest.raises(ModelError, match=r"a state dict goes in 'weights', next to the 'factory'"):
+        load_token_model(ModelSpec(name="student", path=tmp_path / "weights.pt"))
 
 
 # -- torch.export ----------------------------------------------------------------------------------
