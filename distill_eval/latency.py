@@ -54,6 +54,7 @@ __all__ = [
     "quantile_ranks",
     "time_interleaved",
     "timed_call",
+    "torch_threads",
     "weighted_median",
 ]
 
@@ -130,8 +131,19 @@ class PairedTimings:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[int]:
-    """Set torch's intra-op thread count for the block; restore it afterwards."""
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Set torch's intra-op thread count for the block; restore it afterwards.
+
+    Parameters
+    ----------
+    threads : int or None
+        Threads for the block; None keeps the current count.
+
+    Yields
+    ------
+    int
+        The thread count in force inside the block.
+    """
     import torch
 
     previous = torch.get_num_threads()
@@ -228,7 +240,7 @@ def time_interleaved(
     t_ns: list[tuple[int, ...]] = []
     s_ns: list[tuple[int, ...]] = []
     first: list[bool] = []
-    with _torch_threads(threads) as used, torch.inference_mode(), torchscript_deprecation_ignored():
+    with torch_threads(threads) as used, torch.inference_mode(), torchscript_deprecation_ignored():
         for _ in range(warmup):
             _time_one(teacher, clock)
             _time_one(student, clock)

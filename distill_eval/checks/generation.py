@@ -40,7 +40,7 @@ from distill_eval._tables import TableReader, describe
 from distill_eval.checks.base import CheckContext, CheckKind, Measurement
 from distill_eval.checks.tokens import TokenIntervals
 from distill_eval.errors import CheckError
-from distill_eval.latency import _torch_threads
+from distill_eval.latency import torch_threads
 from distill_eval.lm.generation import (
     Generations,
     Prompts,
@@ -169,7 +169,7 @@ def compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     eos = _eos(ctx, params)
     prompts = _prompts(ctx, params)
     max_new = params["max_new_tokens"]
-    with _torch_threads(params["threads"]) as threads:  # only the decoding: a cache hit runs no model
+    with torch_threads(params["threads"]) as threads:  # only the decoding: a cache hit runs no model
         gen = ctx.generations(prompts, max_new_tokens=max_new, eos=eos, batch_size=params["batch_size"])
     n = prompts.n
     teacher = [gen.cut("teacher", i) for i in range(n)]
