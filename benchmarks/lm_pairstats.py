@@ -15,6 +15,9 @@ sequences. Each row runs in a fresh subprocess, after building the models and th
     :func:`distill_eval.lm.pairstats.stream_pair_stats`: the same forwards, then every pair
     statistic per scored token (label log-probs, argmaxes, entropies, KL, reverse KL, JS, TVD,
     top-5), keeping only those;
+``stream_pair_and_model_stats``
+    what a ``pytest --distill`` run computes: the pair statistics and, from the same log-probs,
+    both models' reusable per-token summaries (top-32), in one pass;
 ``stream_model_stats``
     :func:`distill_eval.lm.modelstats.stream_model_stats` on the teacher alone (top-32): the
     reusable teacher cache.
@@ -80,7 +83,7 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     from distill_eval.lm.modelstats import stream_model_stats
-    from distill_eval.lm.pairstats import stream_pair_stats
+    from distill_eval.lm.pairstats import stream_pair_and_model_stats, stream_pair_stats
     from distill_eval.lm.tokens import token_dataset
 
     if args.threads:
@@ -107,6 +110,12 @@ def _child(args: argparse.Namespace) -> None:
         stats = stream_pair_stats(data, teacher, student, batch_size=args.batch_size, top_k=5)
         assert stats.n == data.n_scored
         result_bytes = sum(c.nbytes for c in stats.columns().values())
+    elif args.child == "run":
+        stats, t_record, s_record = stream_pair_and_model_stats(
+            data, teacher, student, batch_size=args.batch_size, top_k=5, model_top_k=32
+        )
+        assert stats.n == t_record.n == s_record.n == data.n_scored
+        result_bytes = sum(c.nbytes for c in stats.columns().values()) + t_record.nbytes + s_record.nbytes
     else:
         record = stream_model_stats(data, teacher, batch_size=args.batch_size, top_k=32)
         assert record.n == data.n_scored
@@ -134,7 +143,12 @@ def _child(args: argparse.Namespace) -> None:
     )
 
 
-ROWS = {"bare": "bare loop (2 forwards)", "pairs": "stream_pair_stats", "cache": "stream_model_stats (teacher)"}
+ROWS = {
+    "bare": "bare loop (2 forwards)",
+    "pairs": "stream_pair_stats",
+    "run": "pairs + both summaries (a run)",
+    "cache": "stream_model_stats (teacher)",
+}
 
 
 def main() -> None:
@@ -147,7 +161,9 @@ def main() -> None:
     parser.add_argument("--student-dim", type=int, default=64)
     parser.add_argument("--teacher-dim", type=int, default=96)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    parser.add_argument("--rows", default="bare,pairs,cache", help="which rows, comma-separated: bare,pairs,cache")
+    parser.add_argument(
+        "--rows", default="bare,pairs,run,cache", help="which rows, comma-separated: bare,pairs,run,cache"
+    )
     parser.add_argument("--child", choices=sorted(ROWS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.full:

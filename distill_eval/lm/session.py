@@ -64,7 +64,8 @@ DEFAULT_SEQ_LEN = 128
 def holds_tokens(spec: DatasetSpec) -> bool:
     """Whether a dataset spec names token data: ``builtin:bytes``, a ``.jsonl`` text file or a file of ``input_ids``.
 
-    Reads only an ``.npz`` file's member names; a ``.pt`` file is loaded (weights only).
+    Reads only an ``.npz`` file's member names; a ``.pt`` file is memory-mapped (weights only), so
+    its tensors are not read.
     A missing or unreadable file is not token data (its loader reports it).
     """
     if spec.source is not None:
@@ -84,7 +85,10 @@ def holds_tokens(spec: DatasetSpec) -> bool:
         if suffix in (".pt", ".pth"):
             import torch
 
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # mapped, not read: only the keys are looked at, the loader reads the tensors
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
             return isinstance(obj, dict) and "input_ids" in obj
     except Exception:  # noqa: BLE001 — unreadable: the classification loader says why
         return False

@@ -221,3 +221,19 @@ def test_the_content_hash_of_arrays_covers_every_column() -> None:
         token_dataset(IDS, ids=np.array(["p", "q"]), meta={"a": np.array([1, 2])}),
     ]
     assert len({base.sha256, *(d.sha256 for d in changed)}) == 5
+
+
+@pytest.mark.parametrize("zipfile_format", [True, False], ids=["zip", "legacy"])
+def test_a_pt_file_holds_tokens_when_it_has_input_ids(tmp_path: Path, zipfile_format: bool) -> None:
+    from distill_eval.config import DatasetSpec
+    from distill_eval.lm.session import holds_tokens
+
+    def spec(obj: object, name: str) -> DatasetSpec:
+        torch.save(obj, tmp_path / name, _use_new_zipfile_serialization=zipfile_format)
+        return DatasetSpec(name="d", path=tmp_path / name)
+
+    assert holds_tokens(spec({"input_ids": torch.zeros(2, 3, dtype=torch.int64)}, "tokens.pt"))
+    assert not holds_tokens(spec({"x": torch.zeros(2, 3)}, "rows.pt"))
+    assert not holds_tokens(spec(torch.zeros(2, 3), "tensor.pt"))
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    assert not holds_tokens(DatasetSpec(name="d", path=tmp_path / "broken.pt"))
