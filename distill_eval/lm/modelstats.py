@@ -43,6 +43,7 @@ from distill_eval.lm.pairstats import (
     _device_batches,
     _log_softmax,
     _logits,
+    _Rows,
     _scored_batch,
     _take,
     _top_k,
@@ -332,26 +333,22 @@ def stream_model_stats(
     import torch
 
     vocab = _dataset_vocab(dataset, vocab_size)
-    parts = []
+    rows = _Rows(dataset.n_scored)
     with torch.inference_mode():
         for batch, input_ids, mask in _device_batches(dataset, batch_size, device):
             logits = _logits(model(input_ids, mask), who)
-            parts.append(
-                model_stats(
-                    logits,
-                    batch.labels,
-                    batch.attention_mask,
-                    vocab_size=vocab,
-                    top_k=top_k,
-                    chunk_tokens=chunk_tokens,
-                    sequence_offset=batch.start,
-                    who=who,
-                )
+            summary = model_stats(
+                logits,
+                batch.labels,
+                batch.attention_mask,
+                vocab_size=vocab,
+                top_k=top_k,
+                chunk_tokens=chunk_tokens,
+                sequence_offset=batch.start,
+                who=who,
             )
-            del logits
+            rows.add(summary.columns())
+            del logits, summary
             if progress is not None:
                 progress(batch.start + len(batch.input_ids))
-    record = ModelTokenStats.concatenate(parts)
-    return ModelTokenStats(
-        **record.columns(), vocab_size=vocab, info={**(info or {}), "dataset_sha256": dataset.sha256}
-    )
+    return ModelTokenStats(**rows.result(), vocab_size=vocab, info={**(info or {}), "dataset_sha256": dataset.sha256})

@@ -648,7 +648,9 @@ def _stream_pairs(
     import torch
 
     vocab = _dataset_vocab(dataset, vocab_size)
-    parts, summaries = [], []
+    n = dataset.n_scored
+    pairs = _Rows(n)
+    summaries = (_Rows(n), _Rows(n))
     with torch.inference_mode():
         for batch, input_ids, mask in _device_batches(dataset, batch_size, device):
             teacher_logits = _logits(teacher(input_ids, mask), "teacher")
@@ -664,22 +666,53 @@ def _stream_pairs(
                 sequence_offset=batch.start,
                 model_top_k=model_top_k,
             )
-            parts.append(stats)
+            pairs.add(stats.columns())
             if models is not None:
-                summaries.append(models)
-            del teacher_logits, student_logits
+                summaries[0].add(models[0].columns())
+                summaries[1].add(models[1].columns())
+            del teacher_logits, student_logits, stats, models
             if progress is not None:
                 progress(batch.start + len(batch.input_ids))
+    stats = TokenStats.from_columns(pairs.result())
     if model_top_k is None:
-        return TokenStats.concatenate(parts), None
+        return stats, None
     from distill_eval.lm.modelstats import ModelTokenStats
 
     info = {"dataset_sha256": dataset.sha256}
-    t, s = (ModelTokenStats.concatenate([m[i] for m in summaries]) for i in (0, 1))
-    return TokenStats.concatenate(parts), (
-        ModelTokenStats(**t.columns(), vocab_size=vocab, info=info),
-        ModelTokenStats(**s.columns(), vocab_size=vocab, info=info),
-    )
+    t, s = (ModelTokenStats(**rows.result(), vocab_size=vocab, info=info) for rows in summaries)
+    return stats, (t, s)
+
+
+class _Rows:
+    """Per-token columns of a dataset, written batch by batch into arrays of their final length.
+
+    Appending per-batch parts and concatenating them at the end holds every row twice at the
+    peak; the number of scored tokens is known before the first batch, so each column is
+    allocated once, when the first batch shows its dtype and shape.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.filled = 0
+        self.columns: dict[str, np.ndarray] | None = None
+
+    def add(self, columns: Mapping[str, np.ndarray]) -> None:
+        size = len(next(iter(columns.values())))
+        if self.filled + size > self.n:
+            raise ValueError(f"more scored tokens than the dataset's {self.n}")  # a bug, not the user's data
+        if self.columns is None:
+            self.columns = {name: np.empty((self.n, *c.shape[1:]), dtype=c.dtype) for name, c in columns.items()}
+        for name, column in columns.items():
+            self.columns[name][self.filled : self.filled + size] = column
+        self.filled += size
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The filled columns."""
+        if self.columns is None:
+            raise ValueError("no batch to take per-token columns from")
+        if self.filled != self.n:
+            raise ValueError(f"{self.filled} scored tokens, but the dataset has {self.n}")
+        return self.columns
 
 
 def _dataset_vocab(dataset: TokenDataset, vocab_size: int | tuple[int, int] | None) -> int:
