@@ -260,6 +260,21 @@ def _frequency_reference(ctx: CheckContext, params: Mapping[str, Any], data: Tok
     return TokenFrequency(labels)
 
 
+def _group_statistics(
+    name: str, sums: SequenceSums, mask: np.ndarray, s_hit: np.ndarray, t_hit: np.ndarray, *, retention: bool
+) -> dict[str, Any]:
+    """A group of tokens' scores (and retention) as statistics of per-sequence sums, keyed ``"<name>:<what>"``."""
+    size, s_sum, t_sum = (sums.token_sum(v, where=mask) for v in (None, s_hit, t_hit))
+    out = {
+        f"{name}:student_score": lambda s: s[s_sum] / s[size],
+        f"{name}:teacher_score": lambda s: s[t_sum] / s[size],
+        f"{name}:gap": lambda s: (s[t_sum] - s[s_sum]) / s[size],
+    }
+    if retention:
+        out[f"{name}:retention"] = lambda s: s[s_sum] / s[t_sum]
+    return out
+
+
 def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     """Slices of token data: each slice a set of scored tokens, every interval resampling sequences."""
     data = ctx.token_dataset
@@ -279,19 +294,9 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
     sums = SequenceSums(st.sequence)
     s_hit, t_hit = student_hit.astype(np.float64), teacher_hit.astype(np.float64)
     statistics: dict[str, Any] = {}
-    declared = []
     for i, mask in enumerate(masks):
-        size, s_sum, t_sum = (
-            sums.token_sum(where=mask),
-            sums.token_sum(s_hit, where=mask),
-            sums.token_sum(t_hit, where=mask),
-        )
-        declared.append((size, s_sum, t_sum))
         if mask.sum() >= min_support:
-            statistics[f"{i}:student_score"] = lambda s, a=s_sum, n=size: s[a] / s[n]
-            statistics[f"{i}:teacher_score"] = lambda s, a=t_sum, n=size: s[a] / s[n]
-            statistics[f"{i}:retention"] = lambda s, a=s_sum, b=t_sum: s[a] / s[b]
-            statistics[f"{i}:gap"] = lambda s, a=s_sum, b=t_sum, n=size: (s[b] - s[a]) / s[n]
+            statistics |= _group_statistics(str(i), sums, mask, s_hit, t_hit, retention=True)
     supported = [i for i, mask in enumerate(masks) if mask.sum() >= min_support]
     if supported:
 
@@ -318,10 +323,7 @@ def _token_compute(ctx: CheckContext, params: Mapping[str, Any]) -> Measurement:
         # each found group's scores get intervals from the same bootstrap over sequences as the declared slices
         for j, group in enumerate(found):
             mask = expr.parse(group.where).evaluate(fields, n=st.n)
-            size, s_sum, t_sum = (sums.token_sum(v, where=mask) for v in (None, s_hit, t_hit))
-            statistics[f"discovered {j}:student_score"] = lambda s, a=s_sum, n=size: s[a] / s[n]
-            statistics[f"discovered {j}:teacher_score"] = lambda s, a=t_sum, n=size: s[a] / s[n]
-            statistics[f"discovered {j}:gap"] = lambda s, a=s_sum, b=t_sum, n=size: (s[b] - s[a]) / s[n]
+            statistics |= _group_statistics(f"discovered {j}", sums, mask, s_hit, t_hit, retention=False)
     totals = sums.totals()
     with np.errstate(divide="ignore", invalid="ignore"):
         estimates = {name: float(stat(totals)[0]) for name, stat in statistics.items()}
