@@ -140,3 +140,45 @@ def test_a_record_measured_against_another_teacher_is_refused(project: pytest.Py
     checks, _ = _run(project, "student", errors=1)
     message = checks["lm-stored"]["message"]
     assert "was measured against teacher 'teacher' with fingerprint" in message and "accept a baseline" in message
+
+
+TIMED = """
+[suite]
+name = "lm-timed"
+dataset = "tokens"
+bootstrap = 200
+
+[[check]]
+id = "latency"
+kind = "latency"
+prompt_length = 8
+new_tokens = 4
+threads = 1
+min_time_s = 0.05
+
+[[check]]
+id = "regression"
+kind = "regression"
+max = {{ p50_ms_increase_ratio = {bound} }}
+"""
+
+
+def test_the_stored_latency_ratio_reads_the_baseline_s_token_latency_check(project: pytest.Pytester) -> None:
+    suite = project.path / "suites" / "timed.toml"
+    suite.write_text(TIMED.format(bound=100.0))
+    project.runpytest("-p", "no:cacheprovider", "--distill", "--distill-accept").assert_outcomes(passed=1, errors=1)
+    stored = json.loads((project.path / "reports" / "baseline.json").read_text())
+    accepted = stored["suites"][0]["checks"][0]["metrics"]["student_e2e_p50_ms"]["value"]
+
+    project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=2)
+    results = json.loads((project.path / "reports" / "results.json").read_text())
+    latency, regression = results["suites"][0]["checks"]
+    ratio = regression["metrics"]["p50_ms_increase_ratio"]
+    current = latency["metrics"]["student_e2e_p50_ms"]["value"]
+    assert math.isclose(ratio["value"], current / accepted, rel_tol=1e-9)  # this run's p50 over the stored one
+    low, high = ratio["ci"]
+    assert low <= ratio["value"] <= high
+
+    # a bound the ratio cannot meet fails the check: the metric is gated, not only reported
+    suite.write_text(TIMED.format(bound=1e-6))
+    project.runpytest("-p", "no:cacheprovider", "--distill").assert_outcomes(passed=1, failed=1)
