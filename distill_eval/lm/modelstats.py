@@ -52,7 +52,7 @@ from distill_eval.lm.pairstats import (
 )
 from distill_eval.lm.tokens import TokenDataset
 
-__all__ = ["ModelTokenStats", "model_stats", "stream_model_stats", "summary_record"]
+__all__ = ["ModelTokenStats", "model_stats", "stream_model_stats", "summary_columns", "summary_record"]
 
 _FORMAT = "distill-eval model token stats 1"
 
@@ -246,7 +246,9 @@ def model_stats(
     rows, cols, targets, flat = _scored_batch({who: tensor}, labels, attention_mask, vocab, sequence_offset)
     chunk = _chunk_size(chunk_tokens, vocab)
     flat_logits = tensor.reshape(-1, tensor.shape[2])[:, :vocab]
-    parts: list[dict[str, Any]] = []
+    # each chunk's columns go straight into arrays of the batch's length: many small results kept
+    # alive between the chunks' large temporaries would fragment the heap (hundreds of MB of RSS)
+    summary = _Rows(flat.size)
     with torch.no_grad():
         for start in range(0, flat.size, chunk):
             stop = min(start + chunk, flat.size)
@@ -254,9 +256,9 @@ def model_stats(
             lp = _log_softmax(
                 _take(flat_logits, flat[start:stop]), who, rows[start:stop], cols[start:stop], sequence_offset
             )
-            parts.append(model_columns(lp, y, k))
+            summary.add(summary_columns(model_columns(lp, y, k)))
     return summary_record(
-        parts,
+        summary.result() if flat.size else None,
         (rows + sequence_offset).astype(np.int64),
         (cols + 1).astype(np.int32),
         targets.astype(np.int32),
@@ -265,8 +267,13 @@ def model_stats(
     )
 
 
+def summary_columns(chunk: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One chunk of :func:`~distill_eval.lm.pairstats.model_columns` (torch tensors) as the record's numpy columns."""
+    return {name: chunk[name].cpu().numpy().astype(dtype) for name, dtype in list(ModelTokenStats.DTYPES.items())[3:]}
+
+
 def summary_record(
-    parts: Sequence[Mapping[str, Any]],
+    columns: Mapping[str, np.ndarray] | None,
     sequence: np.ndarray,
     position: np.ndarray,
     label: np.ndarray,
@@ -274,13 +281,8 @@ def summary_record(
     vocab: int,
     top_k: int,
 ) -> ModelTokenStats:
-    """A record from the chunks of :func:`~distill_eval.lm.pairstats.model_columns` (torch tensors), in order."""
-    if parts:
-        columns = {
-            name: np.concatenate([part[name].cpu().numpy() for part in parts]).astype(ModelTokenStats.DTYPES[name])
-            for name in list(ModelTokenStats.DTYPES)[3:]
-        }
-    else:
+    """A record of a batch's tokens from its :func:`summary_columns` (None: the batch has no scored token)."""
+    if columns is None:
         columns = {
             name: np.zeros((0, top_k) if name.startswith("top_") else (0,), ModelTokenStats.DTYPES[name])
             for name in list(ModelTokenStats.DTYPES)[3:]

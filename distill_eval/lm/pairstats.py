@@ -286,8 +286,12 @@ def _pair_batch(
 
     t_flat = tl.reshape(-1, tl.shape[2])[:, :vocab]
     s_flat = sl.reshape(-1, sl.shape[2])[:, :vocab]
-    parts: list[dict[str, np.ndarray]] = []
-    summaries: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    # each chunk's columns go straight into arrays of the batch's length: many small results kept
+    # alive between the chunks' large temporaries would fragment the heap (hundreds of MB of RSS)
+    pairs = _Rows(flat.size)
+    summaries = (_Rows(flat.size), _Rows(flat.size))
+    if summary_k is not None:
+        from distill_eval.lm.modelstats import summary_columns, summary_record
     with torch.no_grad():  # logits straight from training may require grad
         for start in range(0, flat.size, chunk):
             stop = min(start + chunk, flat.size)
@@ -296,11 +300,11 @@ def _pair_batch(
             lp = _log_softmax(_take(t_flat, flat[start:stop]), "teacher", *where)
             lq = _log_softmax(_take(s_flat, flat[start:stop]), "student", *where).to(lp.device)
             pair, models = _chunk_stats(lp, lq, y, k, summary_k)
-            parts.append(pair)
+            pairs.add(pair)
             if models is not None:
-                summaries[0].append(models[0])
-                summaries[1].append(models[1])
-    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else _empty(k)
+                summaries[0].add(summary_columns(models[0]))
+                summaries[1].add(summary_columns(models[1]))
+    columns = pairs.result() if flat.size else _empty(k)
     sequence, position, label = (
         (rows + sequence_offset).astype(np.int64),
         (cols + 1).astype(np.int32),
@@ -309,12 +313,11 @@ def _pair_batch(
     stats = TokenStats(sequence=sequence, position=position, label=label, **columns)
     if summary_k is None:
         return stats, None
-    from distill_eval.lm.modelstats import summary_record
-
-    return stats, (
-        summary_record(summaries[0], sequence, position, label, vocab=vocab, top_k=summary_k),
-        summary_record(summaries[1], sequence, position, label, vocab=vocab, top_k=summary_k),
+    t, s = (
+        summary_record(r.result() if flat.size else None, sequence, position, label, vocab=vocab, top_k=summary_k)
+        for r in summaries
     )
+    return stats, (t, s)
 
 
 def _scored_batch(
