@@ -36,7 +36,7 @@ from torch import nn
 from distill_eval.config import ModelSpec
 from distill_eval.data import load_builtin
 from distill_eval.metrics import expected_calibration_error
-from distill_eval.train.config import load_train_config
+from distill_eval.train.config import TrainConfig, load_train_config
 from distill_eval.train.trainer import train
 from distill_eval.train.zoo import digits_student, digits_teacher
 
@@ -83,16 +83,9 @@ def build_default(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = CON
     train_config = load_train_config(config)
     if train_config.teacher_training is None:
         raise ValueError(f"{config}: the built-in default trains its teacher; set [teacher] train = true")
-    with tempfile.TemporaryDirectory(prefix="distill_eval_builtin_") as tmp:
-        result = train(train_config.with_output_dir(tmp), log=None, use_cache=False)
-        assert result.teacher_path is not None and result.student_path is not None
-        teacher = _as_module(result.teacher_path, digits_teacher, train_config.teacher.kwargs)
-        student = _as_module(result.student_path, digits_student, train_config.student.kwargs)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(teacher.state_dict(), out / TEACHER_FILE)
-    torch.save(student.state_dict(), out / STUDENT_FILE)
+    teacher, student = _train_and_save(
+        train_config, (digits_teacher, digits_student), (TEACHER_FILE, STUDENT_FILE), out_dir, log=None
+    )
 
     test = load_builtin(SOURCE, split="test")
     teacher_probs = torch.softmax(_logits(teacher, test.x), dim=1).numpy()
@@ -105,6 +98,29 @@ def build_default(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = CON
         "teacher_ece": expected_calibration_error(teacher_probs, test.y, bins=15),
         "student_ece": expected_calibration_error(student_probs, test.y, bins=15),
     }
+
+
+def _train_and_save(
+    train_config: TrainConfig,
+    factories: tuple[Callable[..., nn.Module], Callable[..., nn.Module]],
+    files: tuple[str, str],
+    out_dir: str | Path,
+    *,
+    log: Callable[[str], None] | None,
+) -> tuple[nn.Module, nn.Module]:
+    """Train a config's teacher and student in a scratch folder; save both state dicts in ``out_dir``."""
+    with tempfile.TemporaryDirectory(prefix="distill_eval_builtin_") as tmp:
+        result = train(train_config.with_output_dir(tmp), log=log, use_cache=False)
+        assert result.teacher_path is not None and result.student_path is not None
+        models = (
+            _as_module(result.teacher_path, factories[0], train_config.teacher.kwargs),
+            _as_module(result.student_path, factories[1], train_config.student.kwargs),
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for model, name in zip(models, files, strict=True):
+        torch.save(model.state_dict(), out / name)
+    return models
 
 
 def build_bytes(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = BYTES_CONFIG) -> dict[str, float]:
@@ -130,15 +146,10 @@ def build_bytes(out_dir: str | Path = DEFAULT_OUT, *, config: str | Path = BYTES
     train_config = load_train_config(config)
     if train_config.teacher_training is None or not train_config.tokens:
         raise ValueError(f"{config}: the built-in language models train their teacher on token data")
-    with tempfile.TemporaryDirectory(prefix="distill_eval_builtin_") as tmp:
-        result = train(train_config.with_output_dir(tmp), log=print, use_cache=False)
-        assert result.teacher_path is not None and result.student_path is not None
-        teacher = _as_module(result.teacher_path, bytes_teacher, train_config.teacher.kwargs)
-        student = _as_module(result.student_path, bytes_student, train_config.student.kwargs)
+    _train_and_save(
+        train_config, (bytes_teacher, bytes_student), (BYTES_TEACHER_FILE, BYTES_STUDENT_FILE), out_dir, log=print
+    )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(teacher.state_dict(), out / BYTES_TEACHER_FILE)
-    torch.save(student.state_dict(), out / BYTES_STUDENT_FILE)
 
     test = load_byte_corpus("test")
     specs = {
